@@ -1,0 +1,93 @@
+//! Combine and permute-backward: y[t] = Σ_s w[t,s] · rows[dest[t,s]] over kept slots, in slot
+//! order, accumulated in f32 (f64 for f64). Without weights it is permute's backward pass.
+
+use rayon::prelude::*;
+
+use crate::dtype::{Accum, Activation};
+use crate::error::{Error, Result};
+
+/// Tokens per parallel task.
+const TOKENS_PER_TASK: usize = 16;
+
+/// Writes `y` ([num_tokens, hidden]) from `rows` ([num_rows, hidden]) and `dest` ([num_tokens, slots]).
+/// `weights` ([num_tokens, slots]) of None means weight 1 for every kept slot.
+pub fn combine<A: Activation>(
+    rows: &[A],
+    num_rows: usize,
+    hidden: usize,
+    dest: &[i32],
+    slots: usize,
+    weights: Option<&[A::Acc]>,
+    y: &mut [A],
+) -> Result<()> {
+    check_dest(dest, slots, num_rows)?;
+    if hidden == 0 || slots == 0 {
+        y.fill(A::ZERO);
+        return Ok(());
+    }
+    y.par_chunks_mut(TOKENS_PER_TASK * hidden).zip(dest.par_chunks(TOKENS_PER_TASK * slots)).enumerate().for_each(
+        |(task, (y_chunk, dest_chunk))| {
+            let mut acc = vec![<A::Acc as Accum>::ZERO; hidden];
+            for (i, (y_row, d_row)) in y_chunk.chunks_exact_mut(hidden).zip(dest_chunk.chunks_exact(slots)).enumerate() {
+                let first_slot = (task * TOKENS_PER_TASK + i) * slots;
+                acc.fill(<A::Acc as Accum>::ZERO);
+                for (s, &d) in d_row.iter().enumerate() {
+                    if d < 0 {
+                        continue;
+                    }
+                    let row = &rows[d as usize * hidden..(d as usize + 1) * hidden];
+                    match weights {
+                        Some(w) => {
+                            let w = w[first_slot + s];
+                            acc.iter_mut().zip(row).for_each(|(a, &v)| *a += w * v.to_acc());
+                        }
+                        None => acc.iter_mut().zip(row).for_each(|(a, &v)| *a += v.to_acc()),
+                    }
+                }
+                y_row.iter_mut().zip(&acc).for_each(|(o, &a)| *o = A::from_acc(a));
+            }
+        },
+    );
+    Ok(())
+}
+
+/// Every dest entry must be -1 (dropped / unused) or a row index.
+pub fn check_dest(dest: &[i32], slots: usize, num_rows: usize) -> Result<()> {
+    match dest.iter().position(|&d| d < -1 || d as i64 >= num_rows as i64) {
+        None => Ok(()),
+        Some(i) => Err(Error::Plan {
+            arg: "plan.dest",
+            problem: format!(
+                "is {} at token {}, slot {}; expected -1 or a row in [0, {num_rows})",
+                dest[i],
+                i / slots.max(1),
+                i % slots.max(1)
+            ),
+        }),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use half::bf16;
+
+    #[test]
+    fn weighted_sum_over_kept_slots() {
+        let rows = [1.0f32, 10.0, 2.0, 20.0, 3.0, 30.0];
+        let mut y = [0.0f32; 4];
+        combine(&rows, 3, 2, &[2, 0, -1, 1], 2, Some(&[0.5, 2.0, 7.0, 1.0]), &mut y).unwrap();
+        assert_eq!(y, [3.5, 35.0, 2.0, 20.0]);
+        combine(&rows, 3, 2, &[2, 0, -1, 1], 2, None, &mut y).unwrap();
+        assert_eq!(y, [4.0, 40.0, 2.0, 20.0]);
+    }
+
+    #[test]
+    fn half_types_accumulate_in_f32() {
+        let rows = [bf16::from_f32(1.0), bf16::from_f32(1.0 / 256.0)];
+        let mut y = [bf16::ZERO];
+        // 1 + 2/256 is exact in f32 and in bf16; 1 + 1/256 alone would round back to 1 in bf16.
+        combine(&rows, 2, 1, &[0, 1], 2, Some(&[1.0, 2.0]), &mut y).unwrap();
+        assert_eq!(y[0].to_f32(), 1.0 + 1.0 / 128.0);
+    }
+}

@@ -1,0 +1,88 @@
+//! Token-choice gating: scores, selection bias, group limiting and top-k for every token, in parallel.
+
+use rayon::prelude::*;
+
+use crate::cpu::scores::{score_row, ScoreMath};
+use crate::cpu::select::{mask_groups, top_k};
+use crate::dtype::{Accum, Activation};
+use crate::error::{Error, Result};
+use crate::routing::{GroupLimit, ScoreFunction};
+
+/// Tokens per parallel task; fixed so results do not depend on the thread count.
+const TOKENS_PER_TASK: usize = 256;
+
+/// What gating needs to know besides the logits.
+pub struct GateSpec<'a, F> {
+    pub top_k: usize,
+    pub score: ScoreFunction,
+    pub bias: Option<&'a [F]>,
+    pub groups: Option<GroupLimit>,
+}
+
+/// Per-token picks: `expert_ids[t*k + s]` in descending selection order, `picked_scores` their
+/// unbiased scores, `probs[t*E + e]` every score.
+pub struct Gate<F> {
+    pub expert_ids: Vec<i32>,
+    pub picked_scores: Vec<F>,
+    pub probs: Vec<F>,
+}
+
+/// Scores and selects experts for every token of `logits` ([num_tokens, num_experts], row-major).
+pub fn gate<L: Activation>(
+    logits: &[L],
+    num_tokens: usize,
+    num_experts: usize,
+    spec: &GateSpec<L::Acc>,
+) -> Result<Gate<L::Acc>>
+where
+    L::Acc: ScoreMath,
+{
+    let (e_count, k) = (num_experts, spec.top_k);
+    let mut probs = vec![<L::Acc as Accum>::ZERO; num_tokens * e_count];
+    let mut expert_ids = vec![0i32; num_tokens * k];
+    let mut picked_scores = vec![<L::Acc as Accum>::ZERO; num_tokens * k];
+    if num_tokens == 0 {
+        return Ok(Gate { expert_ids, picked_scores, probs });
+    }
+    let per_group = spec.groups.map(|g| (k / g.topk_groups).max(1)).unwrap_or(0);
+    let outcomes: Vec<std::result::Result<(), (usize, &'static str)>> = probs
+        .par_chunks_mut(TOKENS_PER_TASK * e_count)
+        .zip(expert_ids.par_chunks_mut(TOKENS_PER_TASK * k))
+        .zip(picked_scores.par_chunks_mut(TOKENS_PER_TASK * k))
+        .enumerate()
+        .map(|(task, ((probs, ids), picked))| {
+            let first_token = task * TOKENS_PER_TASK;
+            let mut selection = Vec::with_capacity(e_count);
+            let (mut order, mut group_scores, mut group_order) = (Vec::new(), Vec::new(), Vec::new());
+            for (i, ((p_row, id_row), pick_row)) in
+                probs.chunks_mut(e_count).zip(ids.chunks_mut(k)).zip(picked.chunks_mut(k)).enumerate()
+            {
+                let t = first_token + i;
+                let l_row = &logits[t * e_count..(t + 1) * e_count];
+                score_row(l_row, p_row, spec.score).map_err(|bad| (t, bad.problem()))?;
+                let sel: &[L::Acc] = if spec.bias.is_none() && spec.groups.is_none() {
+                    p_row
+                } else {
+                    selection.clear();
+                    match spec.bias {
+                        Some(b) => selection.extend(p_row.iter().zip(b).map(|(&p, &b)| p + b)),
+                        None => selection.extend_from_slice(p_row),
+                    }
+                    if let Some(limit) = spec.groups {
+                        mask_groups(&mut selection, limit, per_group, &mut group_scores, &mut group_order);
+                    }
+                    &selection
+                };
+                top_k(sel, id_row, &mut order);
+                for (score, &e) in pick_row.iter_mut().zip(id_row.iter()) {
+                    *score = p_row[e as usize];
+                }
+            }
+            Ok(())
+        })
+        .collect();
+    if let Some(&Err((token, problem))) = outcomes.iter().find(|o| o.is_err()) {
+        return Err(Error::Logits { arg: "logits", problem, token });
+    }
+    Ok(Gate { expert_ids, picked_scores, probs })
+}

@@ -1,0 +1,15 @@
+//! CPU kernels (rayon) on plain slices: gating, plan construction, expert choice, permute,
+//! combine and the backward passes.
+
+pub mod combine;
+pub mod combine_backward;
+pub mod expert_choice;
+pub mod fast_math;
+pub mod gating;
+pub mod noisy_load;
+pub mod permute;
+pub mod route;
+pub mod route_backward;
+pub mod scores;
+pub mod select;
+pub mod token_plan;

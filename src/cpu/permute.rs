@@ -1,0 +1,60 @@
+//! Permute: gathers token rows into expert-contiguous rows, xp[r] = x[src[r]], padding rows zero.
+
+use rayon::prelude::*;
+
+use crate::error::{Error, Result};
+
+/// Output rows per parallel task.
+const ROWS_PER_TASK: usize = 64;
+
+/// Fills `xp` ([src.len(), hidden]) from `x` ([num_tokens, hidden]). Works on any element type:
+/// it only moves bits (`zero` fills padding rows).
+pub fn permute<A: Copy + Send + Sync>(
+    x: &[A],
+    num_tokens: usize,
+    hidden: usize,
+    src: &[i32],
+    zero: A,
+    xp: &mut [A],
+) -> Result<()> {
+    check_src(src, num_tokens)?;
+    if hidden == 0 {
+        return Ok(());
+    }
+    xp.par_chunks_mut(ROWS_PER_TASK * hidden).zip(src.par_chunks(ROWS_PER_TASK)).for_each(|(out, rows)| {
+        for (row_out, &t) in out.chunks_exact_mut(hidden).zip(rows) {
+            if t < 0 {
+                row_out.fill(zero);
+            } else {
+                let t = t as usize;
+                row_out.copy_from_slice(&x[t * hidden..(t + 1) * hidden]);
+            }
+        }
+    });
+    Ok(())
+}
+
+/// Every src entry must be -1 (padding) or a token index.
+pub fn check_src(src: &[i32], num_tokens: usize) -> Result<()> {
+    match src.iter().position(|&t| t < -1 || t as i64 >= num_tokens as i64) {
+        None => Ok(()),
+        Some(r) => Err(Error::Plan {
+            arg: "plan.src",
+            problem: format!("is {} at row {r}; expected -1 or a token index in [0, {num_tokens})", src[r]),
+        }),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn gathers_rows_and_zeroes_padding() {
+        let x = [1.0f32, 2.0, 3.0, 4.0];
+        let mut xp = [9.0f32; 6];
+        permute(&x, 2, 2, &[1, -1, 0], 0.0, &mut xp).unwrap();
+        assert_eq!(xp, [3.0, 4.0, 0.0, 0.0, 1.0, 2.0]);
+        assert!(permute(&x, 2, 2, &[2, -1, 0], 0.0, &mut xp).is_err());
+    }
+}

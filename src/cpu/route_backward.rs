@@ -1,0 +1,157 @@
+//! Routing's backward pass: the gradient of the plan's weights w.r.t. the logits, through the
+//! normalization (none / topk / kept, times scale) and the score function (softmax / sigmoid).
+
+use rayon::prelude::*;
+
+use crate::dtype::Accum;
+use crate::error::Result;
+use crate::routing::{Normalize, ScoreFunction};
+
+const TOKENS_PER_TASK: usize = 256;
+
+/// The plan fields route_backward reads.
+pub struct WeightsGraph<'a, F> {
+    pub num_tokens: usize,
+    pub num_experts: usize,
+    pub slots: usize,
+    pub expert_ids: &'a [i32],
+    pub dest: &'a [i32],
+    pub probs: &'a [F],
+    pub score: ScoreFunction,
+    pub normalize: Normalize,
+    pub scale: f64,
+}
+
+/// Writes grad_logits ([num_tokens, num_experts]) from grad_w ([num_tokens, slots]).
+/// Selection is piecewise constant, so only the picked scores carry gradient. A kept slot
+/// (dest >= 0) has weight scale · p[e_s] / Z, where Z is 1 for "none", the sum over all picks for
+/// "topk" and over the kept picks for "kept" (Z = 0 is treated as 1, as in the forward pass).
+pub fn route_backward<F: Accum>(g: &WeightsGraph<F>, grad_w: &[F], grad_logits: &mut [F]) -> Result<()> {
+    let (e_count, s_count) = (g.num_experts, g.slots);
+    if g.num_tokens == 0 || e_count == 0 {
+        return Ok(());
+    }
+    check_expert_ids(g.expert_ids, s_count, e_count)?;
+    let scale = F::from_f64(g.scale);
+    grad_logits.par_chunks_mut(TOKENS_PER_TASK * e_count).enumerate().for_each(|(task, out)| {
+        let mut grad_p = vec![F::ZERO; e_count];
+        for (i, out_row) in out.chunks_exact_mut(e_count).enumerate() {
+            let t = task * TOKENS_PER_TASK + i;
+            let p = &g.probs[t * e_count..(t + 1) * e_count];
+            let slots = t * s_count..(t + 1) * s_count;
+            let (ids, dest, gw) = (&g.expert_ids[slots.clone()], &g.dest[slots.clone()], &grad_w[slots]);
+            let in_denominator = |s: usize| match g.normalize {
+                Normalize::None => false,
+                Normalize::TopK => ids[s] >= 0,
+                Normalize::Kept => dest[s] >= 0,
+            };
+            let kept = |s: usize| ids[s] >= 0 && dest[s] >= 0;
+            let mut z = F::ZERO;
+            for s in (0..s_count).filter(|&s| in_denominator(s)) {
+                z += p[ids[s] as usize];
+            }
+            let normalized = g.normalize != Normalize::None && z != F::ZERO;
+            let z = if normalized { z } else { F::ONE };
+            // d(loss)/dp: direct term g_s / Z for kept slots, minus Σ_s g_s p_s / Z² for every
+            // score in the denominator.
+            grad_p.fill(F::ZERO);
+            let mut weighted = F::ZERO;
+            for s in (0..s_count).filter(|&s| kept(s)) {
+                grad_p[ids[s] as usize] += scale * gw[s] / z;
+                weighted += gw[s] * p[ids[s] as usize];
+            }
+            if normalized {
+                let shared = scale * weighted / (z * z);
+                for s in (0..s_count).filter(|&s| in_denominator(s)) {
+                    grad_p[ids[s] as usize] -= shared;
+                }
+            }
+            match g.score {
+                ScoreFunction::Sigmoid => {
+                    for ((o, &gp), &pe) in out_row.iter_mut().zip(&grad_p).zip(p) {
+                        *o = gp * pe * (F::ONE - pe);
+                    }
+                }
+                ScoreFunction::Softmax => {
+                    let mut dot = F::ZERO;
+                    for (&gp, &pe) in grad_p.iter().zip(p) {
+                        dot += gp * pe;
+                    }
+                    for ((o, &gp), &pe) in out_row.iter_mut().zip(&grad_p).zip(p) {
+                        *o = pe * (gp - dot);
+                    }
+                }
+            }
+        }
+    });
+    Ok(())
+}
+
+fn check_expert_ids(expert_ids: &[i32], slots: usize, num_experts: usize) -> Result<()> {
+    match expert_ids.iter().position(|&e| e < -1 || e as i64 >= num_experts as i64) {
+        None => Ok(()),
+        Some(i) => Err(crate::error::Error::Plan {
+            arg: "plan.expert_ids",
+            problem: format!(
+                "is {} at token {}, slot {}; expected -1 or an expert in [0, {num_experts})",
+                expert_ids[i],
+                i / slots.max(1),
+                i % slots.max(1)
+            ),
+        }),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::cpu::route::route;
+    use crate::routing::RouteOptions;
+
+    /// Loss = Σ_s c_s · w_s(logits); checks the analytic gradient against central differences.
+    fn check(options: RouteOptions) {
+        let logits: Vec<f64> = vec![0.3, -1.2, 0.8, 0.1, 2.0, -0.4, 0.5, 0.6, -2.0, 1.1, 0.0, 0.9];
+        let (t, e, k) = (3, 4, options.top_k);
+        let c: Vec<f64> = (0..t * k).map(|i| 0.7 - 0.3 * i as f64).collect();
+        let loss = |l: &[f64]| {
+            let plan = route(l, t, e, &options).unwrap();
+            plan.weights.iter().zip(&c).map(|(w, c)| w * c).sum::<f64>()
+        };
+        let plan = route(&logits, t, e, &options).unwrap();
+        let graph = WeightsGraph {
+            num_tokens: t,
+            num_experts: e,
+            slots: k,
+            expert_ids: &plan.expert_ids,
+            dest: &plan.dest,
+            probs: &plan.probs,
+            score: plan.score,
+            normalize: plan.normalize,
+            scale: plan.scale,
+        };
+        let mut grad = vec![0.0; t * e];
+        route_backward(&graph, &c, &mut grad).unwrap();
+        for i in 0..t * e {
+            let (mut up, mut down) = (logits.clone(), logits.clone());
+            up[i] += 1e-6;
+            down[i] -= 1e-6;
+            let numeric = (loss(&up) - loss(&down)) / 2e-6;
+            assert!((numeric - grad[i]).abs() < 1e-6, "logit {i}: analytic {} numeric {numeric}", grad[i]);
+        }
+    }
+
+    #[test]
+    fn matches_finite_differences() {
+        use crate::routing::options::CapacityRequest;
+        for score in [ScoreFunction::Softmax, ScoreFunction::Sigmoid] {
+            for normalize in [Normalize::None, Normalize::TopK, Normalize::Kept] {
+                let mut options = RouteOptions::new(2);
+                options.score = score;
+                options.normalize = normalize;
+                options.scale = 1.5;
+                options.capacity = CapacityRequest { capacity: Some(1), ..Default::default() };
+                check(options);
+            }
+        }
+    }
+}

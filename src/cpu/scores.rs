@@ -1,0 +1,104 @@
+//! Score functions over one token's logits (softmax, sigmoid), with NaN / all -inf checks.
+
+use crate::cpu::fast_math::{sigmoid_f32, sigmoid_f64};
+use crate::dtype::{Accum, Activation};
+use crate::routing::ScoreFunction;
+
+/// Why a row of logits cannot be scored.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BadRow {
+    NaN,
+    AllNegInf,
+}
+
+impl BadRow {
+    pub fn problem(self) -> &'static str {
+        match self {
+            BadRow::NaN => "NaN value",
+            BadRow::AllNegInf => "row of all -inf (no expert can be scored)",
+        }
+    }
+}
+
+/// Scores of the accumulation type; implemented for f32 and f64.
+pub trait ScoreMath: Accum {
+    fn sigmoid(self) -> Self;
+}
+impl ScoreMath for f32 {
+    #[inline(always)]
+    fn sigmoid(self) -> Self {
+        sigmoid_f32(self)
+    }
+}
+impl ScoreMath for f64 {
+    #[inline(always)]
+    fn sigmoid(self) -> Self {
+        sigmoid_f64(self)
+    }
+}
+
+/// Writes score(logits) into `out` (same length). Softmax of a row holding +inf gives the +inf
+/// entries equal shares of 1 (the limit); a row of all -inf or any NaN is rejected.
+pub fn score_row<L: Activation>(logits: &[L], out: &mut [L::Acc], score: ScoreFunction) -> Result<(), BadRow>
+where
+    L::Acc: ScoreMath,
+{
+    let mut max = <L::Acc as Accum>::NEG_INFINITY;
+    let mut has_nan = false;
+    for (o, &l) in out.iter_mut().zip(logits) {
+        let v = l.to_acc();
+        has_nan |= v.is_nan();
+        if v > max {
+            max = v;
+        }
+        *o = v;
+    }
+    if has_nan {
+        return Err(BadRow::NaN);
+    }
+    if max == <L::Acc as Accum>::NEG_INFINITY {
+        return Err(BadRow::AllNegInf);
+    }
+    match score {
+        ScoreFunction::Sigmoid => out.iter_mut().for_each(|v| *v = v.sigmoid()),
+        ScoreFunction::Softmax if max == <L::Acc as Accum>::INFINITY => {
+            let count = out.iter().filter(|&&v| v == max).count();
+            let share = <L::Acc as Accum>::ONE / <L::Acc as Accum>::from_f64(count as f64);
+            out.iter_mut().for_each(|v| *v = if *v == max { share } else { <L::Acc as Accum>::ZERO });
+        }
+        ScoreFunction::Softmax => {
+            let mut sum = <L::Acc as Accum>::ZERO;
+            for v in out.iter_mut() {
+                *v = (*v - max).exp();
+                sum += *v;
+            }
+            out.iter_mut().for_each(|v| *v = *v / sum);
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn softmax_sums_to_one_and_handles_inf() {
+        let mut out = [0.0f32; 3];
+        score_row(&[1.0f32, 2.0, 3.0], &mut out, ScoreFunction::Softmax).unwrap();
+        assert!((out.iter().sum::<f32>() - 1.0).abs() < 1e-6);
+        assert!(out[2] > out[1] && out[1] > out[0]);
+        score_row(&[f32::INFINITY, 2.0, f32::INFINITY], &mut out, ScoreFunction::Softmax).unwrap();
+        assert_eq!(out, [0.5, 0.0, 0.5]);
+        score_row(&[f32::NEG_INFINITY, 0.0, f32::NEG_INFINITY], &mut out, ScoreFunction::Softmax).unwrap();
+        assert_eq!(out, [0.0, 1.0, 0.0]);
+    }
+
+    #[test]
+    fn bad_rows_are_rejected() {
+        let mut out = [0.0f64; 2];
+        assert_eq!(score_row(&[f64::NAN, 1.0], &mut out, ScoreFunction::Softmax), Err(BadRow::NaN));
+        let ninf = f64::NEG_INFINITY;
+        assert_eq!(score_row(&[ninf, ninf], &mut out, ScoreFunction::Sigmoid), Err(BadRow::AllNegInf));
+    }
+}

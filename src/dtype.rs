@@ -1,0 +1,160 @@
+//! Element types: the activation dtypes moeroute accepts and the float type each one accumulates in.
+
+use half::{bf16, f16};
+
+/// A float type that kernels compute and accumulate in: f32 (for f32 and the half types) or f64.
+pub trait Accum:
+    Copy
+    + Send
+    + Sync
+    + PartialOrd
+    + std::fmt::Debug
+    + std::ops::Add<Output = Self>
+    + std::ops::Sub<Output = Self>
+    + std::ops::Mul<Output = Self>
+    + std::ops::Div<Output = Self>
+    + std::ops::AddAssign
+    + std::ops::SubAssign
+    + 'static
+{
+    const ZERO: Self;
+    const ONE: Self;
+    const INFINITY: Self;
+    const NEG_INFINITY: Self;
+    /// exp(x), accurate to a few ulp, vectorizable for f32.
+    fn exp(self) -> Self;
+    fn is_nan(self) -> bool;
+    fn from_f64(v: f64) -> Self;
+    fn to_f64(self) -> f64;
+}
+
+impl Accum for f32 {
+    const ZERO: Self = 0.0;
+    const ONE: Self = 1.0;
+    const INFINITY: Self = f32::INFINITY;
+    const NEG_INFINITY: Self = f32::NEG_INFINITY;
+    #[inline(always)]
+    fn exp(self) -> Self {
+        crate::cpu::fast_math::exp_f32(self)
+    }
+    #[inline(always)]
+    fn is_nan(self) -> bool {
+        f32::is_nan(self)
+    }
+    #[inline(always)]
+    fn from_f64(v: f64) -> Self {
+        v as f32
+    }
+    #[inline(always)]
+    fn to_f64(self) -> f64 {
+        self as f64
+    }
+}
+
+impl Accum for f64 {
+    const ZERO: Self = 0.0;
+    const ONE: Self = 1.0;
+    const INFINITY: Self = f64::INFINITY;
+    const NEG_INFINITY: Self = f64::NEG_INFINITY;
+    #[inline(always)]
+    fn exp(self) -> Self {
+        f64::exp(self)
+    }
+    #[inline(always)]
+    fn is_nan(self) -> bool {
+        f64::is_nan(self)
+    }
+    #[inline(always)]
+    fn from_f64(v: f64) -> Self {
+        v
+    }
+    #[inline(always)]
+    fn to_f64(self) -> f64 {
+        self
+    }
+}
+
+/// An activation / logits element type: f32, f64, f16 or bf16.
+pub trait Activation: Copy + Send + Sync + 'static {
+    /// The type this element is computed and accumulated in.
+    type Acc: Accum;
+    const ZERO: Self;
+    fn to_acc(self) -> Self::Acc;
+    /// Rounds to nearest even.
+    fn from_acc(v: Self::Acc) -> Self;
+}
+
+macro_rules! identity_activation {
+    ($t:ty) => {
+        impl Activation for $t {
+            type Acc = $t;
+            const ZERO: Self = 0.0;
+            #[inline(always)]
+            fn to_acc(self) -> $t {
+                self
+            }
+            #[inline(always)]
+            fn from_acc(v: $t) -> Self {
+                v
+            }
+        }
+    };
+}
+identity_activation!(f32);
+identity_activation!(f64);
+
+impl Activation for f16 {
+    type Acc = f32;
+    const ZERO: Self = f16::ZERO;
+    #[inline(always)]
+    fn to_acc(self) -> f32 {
+        self.to_f32()
+    }
+    #[inline(always)]
+    fn from_acc(v: f32) -> Self {
+        f16::from_f32(v)
+    }
+}
+
+impl Activation for bf16 {
+    type Acc = f32;
+    const ZERO: Self = bf16::ZERO;
+    #[inline(always)]
+    fn to_acc(self) -> f32 {
+        // A bf16 is the top half of an f32: widening is exact.
+        f32::from_bits((self.to_bits() as u32) << 16)
+    }
+    #[inline(always)]
+    fn from_acc(v: f32) -> Self {
+        bf16::from_f32(v)
+    }
+}
+
+/// The dtypes moeroute accepts for logits and activations.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DType {
+    F32,
+    F64,
+    F16,
+    BF16,
+}
+
+impl DType {
+    pub fn parse(name: &str) -> Option<Self> {
+        match name {
+            "float32" => Some(Self::F32),
+            "float64" => Some(Self::F64),
+            "float16" => Some(Self::F16),
+            "bfloat16" => Some(Self::BF16),
+            _ => None,
+        }
+    }
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::F32 => "float32",
+            Self::F64 => "float64",
+            Self::F16 => "float16",
+            Self::BF16 => "bfloat16",
+        }
+    }
+}

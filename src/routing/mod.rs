@@ -1,0 +1,10 @@
+//! Backend-independent routing logic: options and their checks, capacity, and the RoutingPlan.
+
+pub mod capacity;
+pub mod options;
+pub mod plan;
+pub mod validate;
+
+pub use capacity::{resolve_capacity, Layout};
+pub use options::{GroupLimit, Normalize, Priority, RouteOptions, ScoreFunction};
+pub use plan::RoutingPlan;

@@ -45,10 +45,10 @@ def assert_sum_close(got, ref, abs_sum, dtype, rtol=None):
     (plus the float32 accumulation error)."""
     got = np.asarray(got)
     assert got.dtype == np.dtype(dtype), (got.dtype, dtype)
-    got64, ref64, abs_sum = got.astype(F64), np.asarray(ref).astype(F64), np.asarray(abs_sum, F64)
     if np.dtype(dtype) in (F32, F64):
+        got64, ref64 = got.astype(F64), np.asarray(ref).astype(F64)
         rtol = rtol if rtol is not None else (1e-6 if np.dtype(dtype) == F32 else 1e-14)
-        bad = np.abs(got64 - ref64) > rtol * abs_sum + 1e-300
+        bad = np.abs(got64 - ref64) > rtol * np.asarray(abs_sum, F64) + 1e-300
         assert not bad.any(), f"{bad.sum()} values differ: got {got64[bad][:5]}, ref {ref64[bad][:5]}"
     else:
         half_ulp_close(got, ref, dtype)

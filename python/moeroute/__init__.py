@@ -1,0 +1,18 @@
+"""moeroute: Mixture-of-Experts routing — top-k gating, capacity, expert choice, permute and
+combine, with backward passes — on a Rust core, for NumPy (and, later, PyTorch)."""
+
+from . import losses
+from ._core import __version__, get_num_threads, set_num_threads
+from .errors import (ArgumentError, DTypeError, IndexOverflowError, LogitsError, MoerouteError,
+                     PlanError, ShapeError)
+from .ops import (combine, combine_backward, expert_choice, permute, permute_backward, route,
+                  route_backward)
+from .plan import RoutingPlan
+
+__all__ = [
+    "route", "expert_choice", "permute", "combine",
+    "permute_backward", "combine_backward", "route_backward",
+    "RoutingPlan", "losses", "set_num_threads", "get_num_threads", "__version__",
+    "MoerouteError", "ShapeError", "DTypeError", "ArgumentError", "LogitsError", "PlanError",
+    "IndexOverflowError",
+]

@@ -1,0 +1,194 @@
+"""RoutingPlan: the one data structure of moeroute (see DESIGN.md), built by route / expert_choice
+or from arrays (validated), and saved / reloaded as a dict of NumPy arrays."""
+
+from __future__ import annotations
+
+from typing import Any, Dict, Mapping, Optional
+
+import numpy as np
+
+from . import _core
+from ._arrays import choice, expect_ndim, optional_integer, real
+from .errors import DTypeError, PlanError, ShapeError
+
+_INDEX_FIELDS = {"expert_ids": np.int32, "dest": np.int32, "src": np.int32}
+_COUNT_FIELDS = {"expert_offsets": np.int64, "tokens_per_expert": np.int64, "assigned_per_expert": np.int64}
+_FLOAT_FIELDS = ("weights", "probs")
+ARRAY_FIELDS = ("expert_ids", "weights", "probs", "dest", "src", "expert_offsets",
+                "tokens_per_expert", "assigned_per_expert")
+SCORES = ("softmax", "sigmoid")
+NORMALIZATIONS = ("none", "topk", "kept")
+
+
+class RoutingPlan:
+    """Which expert each (token, slot) goes to, with what weight, and where its row lives.
+
+    Attributes (read-only NumPy arrays; T tokens, E experts, S slots, R permuted rows):
+        expert_ids: (T, S) int32, the expert of each pick; -1 where a slot is unused.
+        weights: (T, S) float32 (float64 for float64 logits), combine weights; 0 where dropped.
+        probs: (T, E) float, the scores after softmax / sigmoid.
+        dest: (T, S) int32, the permuted row of each pick; -1 where dropped or unused.
+        src: (R,) int32, the token of each permuted row; -1 for padding rows.
+        expert_offsets: (E + 1,) int64, expert e owns rows expert_offsets[e]:expert_offsets[e+1].
+        tokens_per_expert: (E,) int64, picks kept per expert.
+        assigned_per_expert: (E,) int64, picks per expert before capacity.
+        capacity: rows per expert in the capacity layout, or None (dropless).
+        score, normalize, scale: how the weights were computed (used by route_backward).
+
+    Example:
+        >>> import numpy as np, moeroute
+        >>> plan = moeroute.route(np.array([[2.0, 1.0, 0.0]], np.float32), k=2)
+        >>> plan.expert_ids.tolist(), plan.num_rows
+        ([[0, 1]], 2)
+    """
+
+    __slots__ = ARRAY_FIELDS + ("capacity", "score", "normalize", "scale")
+
+    def __init__(
+        self,
+        *,
+        expert_ids: Any,
+        weights: Any,
+        probs: Any,
+        dest: Any,
+        src: Any,
+        expert_offsets: Any,
+        tokens_per_expert: Any,
+        assigned_per_expert: Any,
+        capacity: Optional[int] = None,
+        score: str = "softmax",
+        normalize: str = "topk",
+        scale: float = 1.0,
+    ) -> None:
+        """Builds a plan from arrays, checking that they are consistent (raises PlanError,
+        ShapeError or DTypeError otherwise)."""
+        arrays = dict(expert_ids=expert_ids, weights=weights, probs=probs, dest=dest, src=src,
+                      expert_offsets=expert_offsets, tokens_per_expert=tokens_per_expert,
+                      assigned_per_expert=assigned_per_expert)
+        converted = {name: _checked_array(name, value) for name, value in arrays.items()}
+        _check_float_shapes(converted)
+        capacity = optional_integer(capacity, "capacity", 0)
+        _core.validate_plan(
+            converted["expert_ids"], converted["dest"], converted["src"], converted["expert_offsets"],
+            converted["tokens_per_expert"], converted["assigned_per_expert"], capacity,
+        )
+        self._set(converted, capacity, choice(score, "score", SCORES),
+                  choice(normalize, "normalize", NORMALIZATIONS), real(scale, "scale"))
+
+    @classmethod
+    def _trusted(cls, fields: Mapping[str, Any], score: str, normalize: str, scale: float) -> "RoutingPlan":
+        """Wraps arrays the core just produced (already consistent) without re-validating."""
+        plan = cls.__new__(cls)
+        plan._set({name: fields[name] for name in ARRAY_FIELDS}, fields["capacity"], score, normalize, scale)
+        return plan
+
+    def _set(self, arrays: Mapping[str, np.ndarray], capacity: Optional[int], score: str,
+             normalize: str, scale: float) -> None:
+        for name, array in arrays.items():
+            array.flags.writeable = False
+            object.__setattr__(self, name, array)
+        object.__setattr__(self, "capacity", capacity)
+        object.__setattr__(self, "score", score)
+        object.__setattr__(self, "normalize", normalize)
+        object.__setattr__(self, "scale", float(scale))
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        raise AttributeError(f"RoutingPlan is immutable: cannot set {name!r}")
+
+    @property
+    def num_tokens(self) -> int:
+        """T, the number of tokens routed."""
+        return int(self.expert_ids.shape[0])
+
+    @property
+    def num_experts(self) -> int:
+        """E, the number of experts."""
+        return int(self.tokens_per_expert.shape[0])
+
+    @property
+    def top_k(self) -> int:
+        """S, the slots per token: k for token choice, E for expert choice."""
+        return int(self.expert_ids.shape[1])
+
+    @property
+    def num_rows(self) -> int:
+        """R, the rows of the permuted buffer (including padding rows)."""
+        return int(self.src.shape[0])
+
+    @property
+    def num_dropped(self) -> int:
+        """Picks that did not fit their expert's capacity."""
+        return int(np.count_nonzero((self.expert_ids >= 0) & (self.dest < 0)))
+
+    def __repr__(self) -> str:
+        capacity = "dropless" if self.capacity is None else f"capacity={self.capacity}"
+        return (
+            f"RoutingPlan(num_tokens={self.num_tokens}, num_experts={self.num_experts}, "
+            f"top_k={self.top_k}, num_rows={self.num_rows}, {capacity}, "
+            f"num_dropped={self.num_dropped}, score={self.score!r}, normalize={self.normalize!r}, "
+            f"scale={self.scale:g})"
+        )
+
+    def to_dict(self) -> Dict[str, np.ndarray]:
+        """All fields as NumPy arrays, ready for np.savez (capacity -1 means dropless)."""
+        d = {name: np.asarray(getattr(self, name)) for name in ARRAY_FIELDS}
+        d["capacity"] = np.asarray(-1 if self.capacity is None else self.capacity, dtype=np.int64)
+        d["score"] = np.asarray(self.score)
+        d["normalize"] = np.asarray(self.normalize)
+        d["scale"] = np.asarray(self.scale, dtype=np.float64)
+        return d
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> "RoutingPlan":
+        """Rebuilds (and validates) a plan from `to_dict()` output or an np.load of it."""
+        missing = [name for name in ARRAY_FIELDS + ("capacity",) if name not in d]
+        if missing:
+            raise ShapeError(f"plan dict: missing fields {missing}")
+        capacity = int(np.asarray(d["capacity"]))
+        return cls(
+            **{name: np.asarray(d[name]) for name in ARRAY_FIELDS},
+            capacity=None if capacity < 0 else capacity,
+            score=str(np.asarray(d.get("score", "softmax"))),
+            normalize=str(np.asarray(d.get("normalize", "topk"))),
+            scale=float(np.asarray(d.get("scale", 1.0))),
+        )
+
+    def save(self, path: Any) -> None:
+        """Writes the plan to an .npz file."""
+        np.savez(path, **self.to_dict())
+
+    @classmethod
+    def load(cls, path: Any) -> "RoutingPlan":
+        """Reads a plan written by `save` and validates it."""
+        with np.load(path) as data:
+            return cls.from_dict({name: data[name] for name in data.files})
+
+
+def _checked_array(name: str, value: Any) -> np.ndarray:
+    array = value if isinstance(value, np.ndarray) else np.asarray(value)
+    wanted = {**_INDEX_FIELDS, **_COUNT_FIELDS}.get(name)
+    if wanted is not None:
+        if array.dtype != wanted:
+            raise DTypeError(f"plan.{name}: got dtype {array.dtype}, expected {np.dtype(wanted)}")
+    elif array.dtype not in (np.float32, np.float64):
+        raise DTypeError(f"plan.{name}: got dtype {array.dtype}, expected float32 or float64")
+    expect_ndim(array, f"plan.{name}", 2 if name in ("expert_ids", "dest", "weights", "probs") else 1)
+    return np.array(array, copy=True, order="C")
+
+
+def _check_float_shapes(arrays: Mapping[str, np.ndarray]) -> None:
+    t, s = arrays["expert_ids"].shape
+    e = arrays["tokens_per_expert"].shape[0]
+    if arrays["weights"].shape != (t, s):
+        raise ShapeError(f"plan.weights: got shape {list(arrays['weights'].shape)}, expected [{t}, {s}]")
+    if arrays["probs"].shape != (t, e):
+        raise ShapeError(f"plan.probs: got shape {list(arrays['probs'].shape)}, expected [{t}, {e}]")
+    if arrays["weights"].dtype != arrays["probs"].dtype:
+        raise DTypeError(
+            f"plan.weights: got dtype {arrays['weights'].dtype}, expected the dtype of plan.probs "
+            f"({arrays['probs'].dtype})"
+        )
+    bad = ~np.isfinite(arrays["weights"])
+    if bad.any():
+        t_bad, s_bad = map(int, np.argwhere(bad)[0])
+        raise PlanError(f"plan.weights: non-finite value at token {t_bad}, slot {s_bad}")

@@ -1,0 +1,46 @@
+//! Maps each core error variant to its Python class in `moeroute.errors`.
+
+use pyo3::prelude::*;
+use pyo3::types::PyType;
+
+use crate::error::Error;
+
+impl From<Error> for PyErr {
+    fn from(err: Error) -> PyErr {
+        let class = match err {
+            Error::Shape { .. } => "ShapeError",
+            Error::DType { .. } => "DTypeError",
+            Error::Argument { .. } => "ArgumentError",
+            Error::Logits { .. } => "LogitsError",
+            Error::Plan { .. } => "PlanError",
+            Error::IndexOverflow { .. } => "IndexOverflowError",
+        };
+        let message = err.to_string();
+        Python::attach(|py| {
+            match py.import("moeroute.errors").and_then(|m| m.getattr(class)).and_then(|c| Ok(c.cast_into::<PyType>()?)) {
+                Ok(cls) => PyErr::from_type(cls, message),
+                Err(import_error) => import_error,
+            }
+        })
+    }
+}
+
+/// Runs a kernel without the GIL, in moeroute's thread pool; a panic (a bug) becomes a
+/// MoerouteError instead of crashing the interpreter.
+pub fn run_kernel<R: Send>(py: Python<'_>, kernel: impl FnOnce() -> crate::Result<R> + Send) -> PyResult<R> {
+    let outcome = py.detach(|| {
+        crate::threads::install(|| std::panic::catch_unwind(std::panic::AssertUnwindSafe(kernel)))
+    })?;
+    match outcome {
+        Ok(result) => Ok(result?),
+        Err(panic) => {
+            let what = panic
+                .downcast_ref::<&str>()
+                .map(|s| s.to_string())
+                .or_else(|| panic.downcast_ref::<String>().cloned())
+                .unwrap_or_default();
+            let cls = py.import("moeroute.errors")?.getattr("MoerouteError")?.cast_into::<PyType>()?;
+            Err(PyErr::from_type(cls, format!("internal error in moeroute (please report it): {what}")))
+        }
+    }
+}

@@ -1,0 +1,35 @@
+//! pyo3 bindings: the private `moeroute._core` module. Converts NumPy arrays to slices, releases
+//! the GIL around every kernel, and maps core errors to moeroute's Python exceptions.
+
+mod arrays;
+mod errors;
+mod losses;
+mod ops;
+mod routing;
+
+use pyo3::prelude::*;
+
+use crate::threads;
+
+/// Sets the number of threads moeroute's kernels run on.
+#[pyfunction]
+fn set_num_threads(num_threads: usize) -> PyResult<()> {
+    Ok(threads::set_num_threads(num_threads)?)
+}
+
+/// The number of threads moeroute's kernels run on.
+#[pyfunction]
+fn get_num_threads() -> PyResult<usize> {
+    Ok(threads::num_threads()?)
+}
+
+#[pymodule]
+fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
+    m.add("__version__", env!("CARGO_PKG_VERSION"))?;
+    m.add_function(wrap_pyfunction!(set_num_threads, m)?)?;
+    m.add_function(wrap_pyfunction!(get_num_threads, m)?)?;
+    routing::register(m)?;
+    ops::register(m)?;
+    losses::register(m)?;
+    Ok(())
+}

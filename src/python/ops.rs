@@ -1,0 +1,132 @@
+//! Bindings of permute, combine and their backward passes.
+
+use numpy::{PyArrayMethods, PyUntypedArrayMethods};
+use pyo3::prelude::*;
+
+use super::arrays::{dtype, expect_shape, input, output_slice, slice, with_activation, zeros, Stored};
+use super::errors::run_kernel;
+use crate::cpu;
+use crate::dtype::Activation;
+
+/// permute(x, dtype, src) -> xp: xp[r] = x[src[r]], padding rows (src = -1) zero.
+#[pyfunction]
+fn permute<'py>(py: Python<'py>, x: &Bound<'py, PyAny>, dtype_name: &str, src: &Bound<'py, PyAny>) -> PyResult<Bound<'py, PyAny>> {
+    with_activation!(dtype(dtype_name, "x")?, A => {
+        let x = input::<<A as Stored>::Storage>(x, "x")?;
+        let src = input::<i32>(src, "plan.src")?;
+        expect_shape("x", x.shape(), &[None, None])?;
+        expect_shape("plan.src", src.shape(), &[None])?;
+        let (t, h, r) = (x.shape()[0], x.shape()[1], src.shape()[0]);
+        let (x, src) = (A::view(slice(&x, "x")?), slice(&src, "plan.src")?);
+        let out = zeros::<<A as Stored>::Storage>(py, &[r, h]);
+        let mut guard = out.readwrite();
+        let xp = A::view_mut(output_slice(&mut guard)?);
+        run_kernel(py, || cpu::permute::permute(x, t, h, src, <A as Activation>::ZERO, xp))?;
+        drop(guard);
+        Ok(out.into_any())
+    })
+}
+
+/// Shared by combine and permute_backward: y[t] = Σ_s w[t,s] · rows[dest[t,s]].
+fn gather_sum<'py>(
+    py: Python<'py>,
+    rows: &Bound<'py, PyAny>,
+    rows_arg: &'static str,
+    dtype_name: &str,
+    dest: &Bound<'py, PyAny>,
+    weights: Option<&Bound<'py, PyAny>>,
+) -> PyResult<Bound<'py, PyAny>> {
+    with_activation!(dtype(dtype_name, rows_arg)?, A => {
+        let rows = input::<<A as Stored>::Storage>(rows, rows_arg)?;
+        let dest = input::<i32>(dest, "plan.dest")?;
+        expect_shape(rows_arg, rows.shape(), &[None, None])?;
+        expect_shape("plan.dest", dest.shape(), &[None, None])?;
+        let (r, h) = (rows.shape()[0], rows.shape()[1]);
+        let (t, s) = (dest.shape()[0], dest.shape()[1]);
+        let weights = weights.map(|w| input::<<A as Activation>::Acc>(w, "weights")).transpose()?;
+        if let Some(w) = &weights {
+            expect_shape("weights", w.shape(), &[Some(t), Some(s)])?;
+        }
+        let weights = weights.as_ref().map(|w| slice(w, "weights")).transpose()?;
+        let (rows, dest) = (A::view(slice(&rows, rows_arg)?), slice(&dest, "plan.dest")?);
+        let out = zeros::<<A as Stored>::Storage>(py, &[t, h]);
+        let mut guard = out.readwrite();
+        let y = A::view_mut(output_slice(&mut guard)?);
+        run_kernel(py, || cpu::combine::combine(rows, r, h, dest, s, weights, y))?;
+        drop(guard);
+        Ok(out.into_any())
+    })
+}
+
+/// combine(yp, dtype, dest, weights) -> y.
+#[pyfunction]
+fn combine<'py>(
+    py: Python<'py>,
+    yp: &Bound<'py, PyAny>,
+    dtype_name: &str,
+    dest: &Bound<'py, PyAny>,
+    weights: &Bound<'py, PyAny>,
+) -> PyResult<Bound<'py, PyAny>> {
+    gather_sum(py, yp, "yp", dtype_name, dest, Some(weights))
+}
+
+/// permute_backward(grad_xp, dtype, dest) -> grad_x.
+#[pyfunction]
+fn permute_backward<'py>(
+    py: Python<'py>,
+    grad_xp: &Bound<'py, PyAny>,
+    dtype_name: &str,
+    dest: &Bound<'py, PyAny>,
+) -> PyResult<Bound<'py, PyAny>> {
+    gather_sum(py, grad_xp, "grad_xp", dtype_name, dest, None)
+}
+
+/// combine_backward(grad_y, yp, dtype, dest, src, weights) -> (grad_yp, grad_weights).
+#[pyfunction]
+#[allow(clippy::too_many_arguments)]
+fn combine_backward<'py>(
+    py: Python<'py>,
+    grad_y: &Bound<'py, PyAny>,
+    yp: &Bound<'py, PyAny>,
+    dtype_name: &str,
+    dest: &Bound<'py, PyAny>,
+    src: &Bound<'py, PyAny>,
+    weights: &Bound<'py, PyAny>,
+) -> PyResult<(Bound<'py, PyAny>, Bound<'py, PyAny>)> {
+    with_activation!(dtype(dtype_name, "yp")?, A => {
+        let grad_y = input::<<A as Stored>::Storage>(grad_y, "grad_y")?;
+        let yp = input::<<A as Stored>::Storage>(yp, "yp")?;
+        let dest = input::<i32>(dest, "plan.dest")?;
+        let src = input::<i32>(src, "plan.src")?;
+        let weights = input::<<A as Activation>::Acc>(weights, "weights")?;
+        expect_shape("plan.dest", dest.shape(), &[None, None])?;
+        let (t, s) = (dest.shape()[0], dest.shape()[1]);
+        expect_shape("plan.src", src.shape(), &[None])?;
+        let r = src.shape()[0];
+        expect_shape("grad_y", grad_y.shape(), &[Some(t), None])?;
+        let h = grad_y.shape()[1];
+        expect_shape("yp", yp.shape(), &[Some(r), Some(h)])?;
+        expect_shape("weights", weights.shape(), &[Some(t), Some(s)])?;
+        let (grad_y, yp) = (A::view(slice(&grad_y, "grad_y")?), A::view(slice(&yp, "yp")?));
+        let (dest, src, weights) = (slice(&dest, "plan.dest")?, slice(&src, "plan.src")?, slice(&weights, "weights")?);
+        let grad_yp_out = zeros::<<A as Stored>::Storage>(py, &[r, h]);
+        let grad_w_out = zeros::<<A as Activation>::Acc>(py, &[t, s]);
+        let mut yp_guard = grad_yp_out.readwrite();
+        let mut w_guard = grad_w_out.readwrite();
+        let grad_yp = A::view_mut(output_slice(&mut yp_guard)?);
+        let grad_w = output_slice(&mut w_guard)?;
+        run_kernel(py, || {
+            cpu::combine_backward::combine_backward(grad_y, yp, t, h, dest, src, s, weights, grad_yp, grad_w)
+        })?;
+        drop((yp_guard, w_guard));
+        Ok((grad_yp_out.into_any(), grad_w_out.into_any()))
+    })
+}
+
+pub fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
+    m.add_function(wrap_pyfunction!(permute, m)?)?;
+    m.add_function(wrap_pyfunction!(combine, m)?)?;
+    m.add_function(wrap_pyfunction!(permute_backward, m)?)?;
+    m.add_function(wrap_pyfunction!(combine_backward, m)?)?;
+    Ok(())
+}

@@ -1,0 +1,223 @@
+//! Bindings of route, expert_choice, route_backward and plan validation.
+
+use numpy::{Element, PyArrayMethods, PyUntypedArrayMethods};
+use pyo3::prelude::*;
+use pyo3::types::PyDict;
+
+use super::arrays::{dtype, expect_shape, from_vec, input, output_slice, slice, with_activation, zeros, Stored};
+use super::errors::run_kernel;
+use crate::cpu;
+use crate::cpu::route_backward::WeightsGraph;
+use crate::dtype::Accum;
+use crate::routing::options::CapacityRequest;
+use crate::routing::validate::{validate_plan as validate, PlanArrays};
+use crate::routing::{GroupLimit, Normalize, Priority, RouteOptions, RoutingPlan, ScoreFunction};
+
+/// The plan's arrays as a dict of NumPy arrays (no copies).
+fn plan_dict<'py, F: Element>(py: Python<'py>, plan: RoutingPlan<F>) -> PyResult<Bound<'py, PyDict>> {
+    let (t, e, s) = (plan.num_tokens, plan.num_experts, plan.slots);
+    let d = PyDict::new(py);
+    d.set_item("expert_ids", from_vec(py, plan.expert_ids, &[t, s])?)?;
+    d.set_item("weights", from_vec(py, plan.weights, &[t, s])?)?;
+    d.set_item("probs", from_vec(py, plan.probs, &[t, e])?)?;
+    d.set_item("dest", from_vec(py, plan.dest, &[t, s])?)?;
+    d.set_item("src", from_vec(py, plan.src, &[plan.num_rows])?)?;
+    d.set_item("expert_offsets", from_vec(py, plan.expert_offsets, &[e + 1])?)?;
+    d.set_item("tokens_per_expert", from_vec(py, plan.tokens_per_expert, &[e])?)?;
+    d.set_item("assigned_per_expert", from_vec(py, plan.assigned_per_expert, &[e])?)?;
+    d.set_item("capacity", plan.capacity)?;
+    Ok(d)
+}
+
+fn logits_shape(shape: &[usize]) -> PyResult<(usize, usize)> {
+    expect_shape("logits", shape, &[None, None])?;
+    Ok((shape[0], shape[1]))
+}
+
+/// route(logits, dtype, k, ...) -> dict of plan arrays.
+#[pyfunction]
+#[pyo3(signature = (logits, dtype_name, k, score, normalize, scale, bias, num_groups, topk_groups,
+                    capacity, capacity_factor, min_capacity, capacity_multiple, priority, pad_to))]
+#[allow(clippy::too_many_arguments)]
+fn route<'py>(
+    py: Python<'py>,
+    logits: &Bound<'py, PyAny>,
+    dtype_name: &str,
+    k: usize,
+    score: &str,
+    normalize: &str,
+    scale: f64,
+    bias: Option<Vec<f64>>,
+    num_groups: Option<usize>,
+    topk_groups: Option<usize>,
+    capacity: Option<usize>,
+    capacity_factor: Option<f64>,
+    min_capacity: usize,
+    capacity_multiple: usize,
+    priority: &str,
+    pad_to: usize,
+) -> PyResult<Bound<'py, PyDict>> {
+    let groups = match (num_groups, topk_groups) {
+        (None, None) => None,
+        (Some(num_groups), Some(topk_groups)) => Some(GroupLimit { num_groups, topk_groups }),
+        _ => {
+            return Err(crate::Error::Argument {
+                arg: "num_groups",
+                got: format!("num_groups={num_groups:?}, topk_groups={topk_groups:?}"),
+                expected: "both num_groups and topk_groups, or neither".into(),
+            }
+            .into())
+        }
+    };
+    let options = RouteOptions {
+        top_k: k,
+        score: ScoreFunction::parse(score)?,
+        normalize: Normalize::parse(normalize)?,
+        scale,
+        bias,
+        groups,
+        capacity: CapacityRequest { capacity, capacity_factor, min_capacity, capacity_multiple },
+        priority: Priority::parse(priority)?,
+        pad_to,
+    };
+    with_activation!(dtype(dtype_name, "logits")?, A => {
+        let logits = input::<<A as Stored>::Storage>(logits, "logits")?;
+        let (t, e) = logits_shape(logits.shape())?;
+        let values = A::view(slice(&logits, "logits")?);
+        let plan = run_kernel(py, || cpu::route::route(values, t, e, &options))?;
+        plan_dict(py, plan)
+    })
+}
+
+/// expert_choice(logits, dtype, capacity, capacity_factor) -> dict of plan arrays.
+#[pyfunction]
+fn expert_choice<'py>(
+    py: Python<'py>,
+    logits: &Bound<'py, PyAny>,
+    dtype_name: &str,
+    capacity: Option<usize>,
+    capacity_factor: f64,
+) -> PyResult<Bound<'py, PyDict>> {
+    with_activation!(dtype(dtype_name, "logits")?, A => {
+        let logits = input::<<A as Stored>::Storage>(logits, "logits")?;
+        let (t, e) = logits_shape(logits.shape())?;
+        let values = A::view(slice(&logits, "logits")?);
+        let plan = run_kernel(py, || cpu::expert_choice::expert_choice(values, t, e, capacity, capacity_factor))?;
+        plan_dict(py, plan)
+    })
+}
+
+fn route_backward_typed<'py, F: Accum + Element>(
+    py: Python<'py>,
+    grad_weights: &Bound<'py, PyAny>,
+    probs: &Bound<'py, PyAny>,
+    expert_ids: &Bound<'py, PyAny>,
+    dest: &Bound<'py, PyAny>,
+    score: ScoreFunction,
+    normalize: Normalize,
+    scale: f64,
+) -> PyResult<Bound<'py, PyAny>> {
+    let probs = input::<F>(probs, "plan.probs")?;
+    expect_shape("plan.probs", probs.shape(), &[None, None])?;
+    let (t, e) = (probs.shape()[0], probs.shape()[1]);
+    let expert_ids = input::<i32>(expert_ids, "plan.expert_ids")?;
+    expect_shape("plan.expert_ids", expert_ids.shape(), &[Some(t), None])?;
+    let s = expert_ids.shape()[1];
+    let dest = input::<i32>(dest, "plan.dest")?;
+    expect_shape("plan.dest", dest.shape(), &[Some(t), Some(s)])?;
+    let grad_weights = input::<F>(grad_weights, "grad_weights")?;
+    expect_shape("grad_weights", grad_weights.shape(), &[Some(t), Some(s)])?;
+    let graph = WeightsGraph {
+        num_tokens: t,
+        num_experts: e,
+        slots: s,
+        expert_ids: slice(&expert_ids, "plan.expert_ids")?,
+        dest: slice(&dest, "plan.dest")?,
+        probs: slice(&probs, "plan.probs")?,
+        score,
+        normalize,
+        scale,
+    };
+    let grad_w = slice(&grad_weights, "grad_weights")?;
+    let out = zeros::<F>(py, &[t, e]);
+    let mut guard = out.readwrite();
+    let grad_logits = output_slice(&mut guard)?;
+    run_kernel(py, || cpu::route_backward::route_backward(&graph, grad_w, grad_logits))?;
+    drop(guard);
+    Ok(out.into_any())
+}
+
+/// route_backward(grad_weights, probs, expert_ids, dest, score, normalize, scale) -> grad_logits
+/// in the dtype of probs (float32 or float64).
+#[pyfunction]
+#[allow(clippy::too_many_arguments)]
+fn route_backward<'py>(
+    py: Python<'py>,
+    grad_weights: &Bound<'py, PyAny>,
+    probs: &Bound<'py, PyAny>,
+    expert_ids: &Bound<'py, PyAny>,
+    dest: &Bound<'py, PyAny>,
+    score: &str,
+    normalize: &str,
+    scale: f64,
+    double: bool,
+) -> PyResult<Bound<'py, PyAny>> {
+    let (score, normalize) = (ScoreFunction::parse(score)?, Normalize::parse(normalize)?);
+    if double {
+        route_backward_typed::<f64>(py, grad_weights, probs, expert_ids, dest, score, normalize, scale)
+    } else {
+        route_backward_typed::<f32>(py, grad_weights, probs, expert_ids, dest, score, normalize, scale)
+    }
+}
+
+/// validate_plan(expert_ids, dest, src, expert_offsets, tokens_per_expert, assigned_per_expert,
+/// capacity): raises PlanError / ShapeError for an inconsistent plan.
+#[pyfunction]
+#[allow(clippy::too_many_arguments)]
+fn validate_plan<'py>(
+    py: Python<'py>,
+    expert_ids: &Bound<'py, PyAny>,
+    dest: &Bound<'py, PyAny>,
+    src: &Bound<'py, PyAny>,
+    expert_offsets: &Bound<'py, PyAny>,
+    tokens_per_expert: &Bound<'py, PyAny>,
+    assigned_per_expert: &Bound<'py, PyAny>,
+    capacity: Option<usize>,
+) -> PyResult<()> {
+    let expert_ids = input::<i32>(expert_ids, "plan.expert_ids")?;
+    expect_shape("plan.expert_ids", expert_ids.shape(), &[None, None])?;
+    let (t, s) = (expert_ids.shape()[0], expert_ids.shape()[1]);
+    let dest = input::<i32>(dest, "plan.dest")?;
+    expect_shape("plan.dest", dest.shape(), &[Some(t), Some(s)])?;
+    let src = input::<i32>(src, "plan.src")?;
+    expect_shape("plan.src", src.shape(), &[None])?;
+    let tokens_per_expert = input::<i64>(tokens_per_expert, "plan.tokens_per_expert")?;
+    expect_shape("plan.tokens_per_expert", tokens_per_expert.shape(), &[None])?;
+    let e = tokens_per_expert.shape()[0];
+    let assigned = input::<i64>(assigned_per_expert, "plan.assigned_per_expert")?;
+    expect_shape("plan.assigned_per_expert", assigned.shape(), &[Some(e)])?;
+    let offsets = input::<i64>(expert_offsets, "plan.expert_offsets")?;
+    expect_shape("plan.expert_offsets", offsets.shape(), &[Some(e + 1)])?;
+    let arrays = PlanArrays {
+        num_tokens: t,
+        num_experts: e,
+        slots: s,
+        num_rows: src.shape()[0],
+        expert_ids: slice(&expert_ids, "plan.expert_ids")?,
+        dest: slice(&dest, "plan.dest")?,
+        src: slice(&src, "plan.src")?,
+        expert_offsets: slice(&offsets, "plan.expert_offsets")?,
+        tokens_per_expert: slice(&tokens_per_expert, "plan.tokens_per_expert")?,
+        assigned_per_expert: slice(&assigned, "plan.assigned_per_expert")?,
+        capacity,
+    };
+    run_kernel(py, || validate(&arrays))
+}
+
+pub fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
+    m.add_function(wrap_pyfunction!(route, m)?)?;
+    m.add_function(wrap_pyfunction!(expert_choice, m)?)?;
+    m.add_function(wrap_pyfunction!(route_backward, m)?)?;
+    m.add_function(wrap_pyfunction!(validate_plan, m)?)?;
+    Ok(())
+}

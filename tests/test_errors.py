@@ -1,0 +1,198 @@
+"""Bad inputs raise the documented exception class with a message naming the argument; inputs are
+never modified."""
+
+import re
+
+import ml_dtypes
+import numpy as np
+import pytest
+
+import moeroute
+from conftest import FLOAT_DTYPES
+from moeroute import (ArgumentError, DTypeError, IndexOverflowError, LogitsError, MoerouteError, PlanError,
+                      RoutingPlan, ShapeError, losses)
+
+LOGITS = np.random.default_rng(0).normal(size=(5, 4)).astype(np.float32)
+PLAN = moeroute.route(LOGITS, 2, capacity=2)
+X = np.ones((5, 3), np.float32)
+YP = np.ones((PLAN.num_rows, 3), np.float32)
+
+
+def raises(error, names, fn, *args, **kwargs):
+    """fn(*args, **kwargs) raises `error` whose message names the argument (one of `names`, as a word)."""
+    with pytest.raises(error) as info:
+        fn(*args, **kwargs)
+    assert isinstance(info.value, MoerouteError)
+    message = str(info.value)
+    names = [names] if isinstance(names, str) else names
+    assert any(re.search(rf"(?<![A-Za-z0-9_]){re.escape(n)}(?![A-Za-z0-9_])", message) for n in names), message
+
+
+def test_exception_hierarchy():
+    assert issubclass(ShapeError, ValueError) and issubclass(DTypeError, TypeError)
+    assert issubclass(ArgumentError, ValueError) and issubclass(LogitsError, ArgumentError)
+    assert issubclass(PlanError, ValueError) and issubclass(IndexOverflowError, ValueError)
+    for cls in (ShapeError, DTypeError, ArgumentError, PlanError, IndexOverflowError):
+        assert issubclass(cls, MoerouteError)
+
+
+# --- logits ----------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("shape", [(4,), (2, 3, 4), ()])
+def test_logits_rank(shape):
+    raises(ShapeError, "logits", moeroute.route, np.zeros(shape, np.float32), 1)
+    raises(ShapeError, "logits", moeroute.expert_choice, np.zeros(shape, np.float32))
+
+
+@pytest.mark.parametrize("dtype", [np.int32, np.int64, np.bool_, np.complex64, np.uint8])
+def test_logits_dtype(dtype):
+    raises(DTypeError, "logits", moeroute.route, np.zeros((3, 4), dtype), 1)
+    raises(DTypeError, "logits", moeroute.expert_choice, np.zeros((3, 4), dtype))
+
+
+@pytest.mark.parametrize("dtype", FLOAT_DTYPES)
+def test_nan_logits(dtype):
+    logits = LOGITS.astype(dtype)
+    logits[3, 2] = np.nan
+    raises(LogitsError, "logits", moeroute.route, logits, 2)
+    raises(LogitsError, "logits", moeroute.route, logits, 2, score="sigmoid")
+    raises(LogitsError, "logits", moeroute.expert_choice, logits)
+
+
+@pytest.mark.parametrize("dtype", FLOAT_DTYPES)
+def test_all_minus_inf_row(dtype):
+    logits = LOGITS.astype(dtype)
+    logits[1] = -np.inf
+    raises(LogitsError, "logits", moeroute.route, logits, 2)
+    raises(LogitsError, "logits", moeroute.route, logits, 2, score="sigmoid")
+    raises(LogitsError, "logits", moeroute.expert_choice, logits)
+
+
+# --- route options ---------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("k", [0, -1, 5])
+def test_k_out_of_range(k):
+    raises(ArgumentError, "k", moeroute.route, LOGITS, k)
+
+
+@pytest.mark.parametrize("k", [2.0, 2.5, True, "2", None])
+def test_k_wrong_type(k):
+    raises(DTypeError, "k", moeroute.route, LOGITS, k)
+
+
+@pytest.mark.parametrize("name, value", [
+    ("capacity", -1), ("capacity_factor", 0.0), ("capacity_factor", -1.0), ("capacity_factor", np.nan),
+    ("capacity_factor", np.inf), ("min_capacity", -1), ("capacity_multiple", 0), ("pad_to", 0),
+    ("scale", np.nan), ("scale", np.inf), ("score", "relu"), ("normalize", "sum"), ("priority", "random"),
+])
+def test_bad_option(name, value):
+    raises(ArgumentError, name, moeroute.route, LOGITS, 2, **{name: value})
+
+
+def test_capacity_and_capacity_factor_together():
+    raises(ArgumentError, ("capacity", "capacity_factor"), moeroute.route, LOGITS, 2, capacity=2,
+           capacity_factor=1.0)
+
+
+@pytest.mark.parametrize("options, name", [
+    ({"num_groups": 2}, ("num_groups", "topk_groups")), ({"topk_groups": 1}, ("num_groups", "topk_groups")),
+    ({"num_groups": 3, "topk_groups": 1}, "num_groups"), ({"num_groups": 0, "topk_groups": 1}, "num_groups"),
+    ({"num_groups": 2, "topk_groups": 0}, "topk_groups"), ({"num_groups": 2, "topk_groups": 3}, "topk_groups"),
+    ({"num_groups": 4, "topk_groups": 1}, ("k", "topk_groups")),  # k = 2 > 1 * (4 // 4) selectable
+])
+def test_bad_groups(options, name):
+    raises(ArgumentError, name, moeroute.route, LOGITS, 2, **options)
+
+
+def test_bad_bias():
+    raises(ShapeError, "bias", moeroute.route, LOGITS, 2, bias=np.zeros(5, np.float32))
+    raises(ShapeError, "bias", moeroute.route, LOGITS, 2, bias=np.zeros((1, 4), np.float32))
+    raises(DTypeError, "bias", moeroute.route, LOGITS, 2, bias=np.zeros(4, np.int32))
+    raises(ArgumentError, "bias", moeroute.route, LOGITS, 2, bias=np.array([0, np.nan, 0, 0]))
+    raises(ArgumentError, "bias", moeroute.route, LOGITS, 2, bias=np.array([0, np.inf, 0, 0]))
+
+
+def test_expert_choice_options():
+    raises(ArgumentError, "capacity", moeroute.expert_choice, LOGITS, capacity=-1)
+    raises(ArgumentError, "capacity_factor", moeroute.expert_choice, LOGITS, capacity_factor=0.0)
+    raises(ArgumentError, "capacity_factor", moeroute.expert_choice, LOGITS, capacity_factor=-2.0)
+    raises(ArgumentError, "capacity_factor", moeroute.expert_choice, LOGITS, capacity_factor=np.nan)
+
+
+def test_row_index_overflows_int32():
+    raises(IndexOverflowError, "capacity", moeroute.route, LOGITS, 2, capacity=2**30)
+    raises(IndexOverflowError, "pad_to", moeroute.route, LOGITS, 2, pad_to=2**30)
+    raises(IndexOverflowError, "capacity", moeroute.expert_choice, LOGITS, capacity=2**30)
+
+
+# --- ops -------------------------------------------------------------------------------------------
+
+
+def test_permute_and_combine_shapes():
+    raises(ShapeError, "x", moeroute.permute, np.ones((6, 3), np.float32), PLAN)
+    raises(ShapeError, "x", moeroute.permute, np.ones(5, np.float32), PLAN)
+    raises(ShapeError, "yp", moeroute.combine, np.ones((PLAN.num_rows + 1, 3), np.float32), PLAN)
+    raises(ShapeError, "weights", moeroute.combine, YP, PLAN, weights=np.ones((5, 3), np.float32))
+    raises(ShapeError, "grad_xp", moeroute.permute_backward, np.ones((1, 3), np.float32), PLAN)
+    raises(ShapeError, "grad_y", moeroute.combine_backward, np.ones((4, 3), np.float32), YP, PLAN)
+    raises(ShapeError, "grad_y", moeroute.combine_backward, np.ones((5, 2), np.float32), YP, PLAN)
+    raises(ShapeError, "logits", moeroute.route_backward, PLAN.weights, PLAN, LOGITS[:4])
+    raises(ShapeError, "grad_weights", moeroute.route_backward, PLAN.weights[:, :1], PLAN, LOGITS)
+
+
+def test_permute_and_combine_dtypes():
+    raises(DTypeError, "x", moeroute.permute, np.ones((5, 3), np.int32), PLAN)
+    raises(DTypeError, "yp", moeroute.combine, YP.astype(np.int64), PLAN)
+    raises(DTypeError, "weights", moeroute.combine, YP, PLAN, weights=np.ones((5, 2), np.int32))
+    raises(DTypeError, "weights", moeroute.combine, YP, PLAN, weights=np.ones((5, 2), np.float16))
+    raises(DTypeError, "grad_xp", moeroute.permute_backward, YP.astype(np.complex64), PLAN)
+    raises(DTypeError, "grad_y", moeroute.combine_backward, X.astype(np.int32), YP, PLAN)
+    raises(DTypeError, "logits", moeroute.route_backward, PLAN.weights, PLAN, LOGITS.astype(np.int32))
+
+
+def test_hand_built_plan_with_expert_id_out_of_range():
+    d = {name: np.array(value) for name, value in PLAN.to_dict().items()}
+    d["expert_ids"][0, 0] = PLAN.num_experts
+    with pytest.raises(PlanError, match="expert_ids"):
+        RoutingPlan.from_dict(d)
+
+
+def test_bad_noise_std():
+    clean = np.zeros((3, 4))
+    raises(ArgumentError, "noise_std", losses.noisy_load_probs, clean, 0.0, clean, 1)
+    raises(ArgumentError, "noise_std", losses.noisy_load_probs, clean, np.full((3, 4), -1.0), clean, 1)
+
+
+# --- inputs are never modified ---------------------------------------------------------------------
+
+
+def test_inputs_unmodified():
+    rng = np.random.default_rng(3)
+    logits = rng.normal(size=(9, 6)).astype(ml_dtypes.bfloat16)
+    bias = rng.normal(size=6)
+    x = rng.normal(size=(9, 4)).astype(np.float16)
+    arrays = [logits, bias, x]
+    copies = [a.copy() for a in arrays]
+    for a in arrays:
+        a.flags.writeable = False  # read-only inputs are accepted
+    plan = moeroute.route(logits, 3, bias=bias, capacity=3, normalize="kept")
+    yp = moeroute.permute(x, plan)
+    yp.flags.writeable = False
+    yp_copy = yp.copy()
+    grad_y = moeroute.combine(yp, plan)
+    grad_y.flags.writeable = False
+    moeroute.permute_backward(yp, plan)
+    _, grad_w = moeroute.combine_backward(grad_y, yp, plan)
+    moeroute.route_backward(grad_w, plan, logits)
+    moeroute.expert_choice(logits)
+    losses.z_loss(logits)
+    for a, c in zip(arrays + [yp], copies + [yp_copy]):
+        np.testing.assert_array_equal(a, c)
+    bad = np.array(logits, np.float32)
+    bad[0, 0] = np.nan
+    bad_copy = bad.copy()
+    with pytest.raises(LogitsError):
+        moeroute.route(bad, 2)
+    np.testing.assert_array_equal(bad, bad_copy)

@@ -1,0 +1,76 @@
+"""set_num_threads / get_num_threads, and results bit-identical for any thread count."""
+
+import os
+import subprocess
+import sys
+
+import ml_dtypes
+import numpy as np
+import pytest
+
+import moeroute
+from moeroute import losses
+
+
+@pytest.fixture
+def restore_threads():
+    n = moeroute.get_num_threads()
+    yield
+    moeroute.set_num_threads(n)
+
+
+def test_set_and_get(restore_threads):
+    assert moeroute.get_num_threads() >= 1
+    for n in (1, 2, 3, 1):
+        moeroute.set_num_threads(n)
+        assert moeroute.get_num_threads() == n
+
+
+def test_bad_thread_count(restore_threads):
+    with pytest.raises(ValueError, match="n|num_threads|threads"):
+        moeroute.set_num_threads(0)
+    with pytest.raises(TypeError):
+        moeroute.set_num_threads(1.5)
+
+
+def test_default_from_environment():
+    env = dict(os.environ, RAYON_NUM_THREADS="3")
+    out = subprocess.run([sys.executable, "-c", "import moeroute; print(moeroute.get_num_threads())"],
+                         env=env, capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "3"
+
+
+def pipeline(logits, x, grad_w_seed=0):
+    """Every op on one input; returns all the arrays and numbers produced."""
+    out = []
+    plans = [moeroute.route(logits, 4, capacity_factor=1.25, priority="score", normalize="kept"),
+             moeroute.route(logits, 8, score="sigmoid", bias=np.linspace(-1, 1, logits.shape[1]),
+                            num_groups=8, topk_groups=4, pad_to=16),
+             moeroute.expert_choice(logits, capacity_factor=2.0)]
+    rng = np.random.default_rng(grad_w_seed)
+    for plan in plans:
+        out += [getattr(plan, name) for name in ("expert_ids", "weights", "probs", "dest", "src",
+                                                 "expert_offsets", "tokens_per_expert")]
+        xp = moeroute.permute(x, plan)
+        y = moeroute.combine(xp, plan)
+        grad_yp, grad_w = moeroute.combine_backward(y, xp, plan)
+        grad_w = grad_w + rng.normal(size=grad_w.shape).astype(grad_w.dtype)
+        out += [xp, y, moeroute.permute_backward(xp, plan), grad_yp, grad_w,
+                moeroute.route_backward(grad_w, plan, logits)]
+        out += [np.float64(losses.load_balancing_loss(plan)), np.float64(losses.importance_loss(plan))]
+    out.append(np.float64(losses.z_loss(logits)))
+    return out
+
+
+@pytest.mark.parametrize("dtype", [np.float32, ml_dtypes.bfloat16])
+def test_bit_identical_across_thread_counts(restore_threads, dtype):
+    rng = np.random.default_rng(7)
+    logits = rng.normal(size=(5000, 64)).astype(dtype)
+    x = rng.normal(size=(5000, 64)).astype(dtype)
+    results = []
+    for n in (1, 2):
+        moeroute.set_num_threads(n)
+        results.append(pipeline(logits, x))
+    for a, b in zip(*results):
+        assert a.dtype == b.dtype and a.shape == b.shape
+        assert a.tobytes() == b.tobytes()

@@ -93,9 +93,9 @@ def bias_st(draw, E):
 
 
 @st.composite
-def capacity_options(draw, T, k, E):
+def capacity_options(draw, T, k, E, dropless=True, priority=None):
     """capacity / capacity_factor / min_capacity / capacity_multiple / priority, or dropless."""
-    mode = draw(st.sampled_from(["dropless", "capacity", "factor"]))
+    mode = draw(st.sampled_from(["dropless", "capacity", "factor"] if dropless else ["capacity", "factor"]))
     opts = {}
     if mode == "capacity":
         opts["capacity"] = draw(st.integers(0, max(1, T * k // E + 2)))
@@ -106,30 +106,34 @@ def capacity_options(draw, T, k, E):
             opts["min_capacity"] = draw(st.integers(0, 3))
         if draw(st.booleans()):
             opts["capacity_multiple"] = draw(st.integers(1, 4))
-        opts["priority"] = draw(st.sampled_from(["slot", "token", "score"]))
+        opts["priority"] = priority or draw(st.sampled_from(["slot", "token", "score"]))
     if draw(st.booleans()):
         opts["pad_to"] = draw(st.integers(1, 4))
     return opts
 
 
 @st.composite
-def route_case(draw, dtype=None, groups=True, inf=True, max_T=12, max_E=9):
-    """(logits, k, options) for moeroute.route covering every option."""
-    logits = draw(logits_st(dtype=dtype, inf=inf, max_T=max_T, max_E=max_E))
+def route_case(draw, dtype=None, groups=None, inf=True, max_T=12, max_E=9, dropless=True, normalize=None,
+               priority=None, min_k=1):
+    """(logits, k, options) for moeroute.route covering every option. groups: None = sometimes,
+    True = always, False = never; dropless=False forces a capacity; normalize/priority force a value."""
+    logits = draw(logits_st(dtype=dtype, inf=inf, max_T=max_T, max_E=max_E,
+                            min_E=4 if groups else min_k))
     T, E = logits.shape
     opts = {"score": draw(st.sampled_from(["softmax", "sigmoid"])),
-            "normalize": draw(st.sampled_from(["none", "topk", "kept"])),
+            "normalize": normalize or draw(st.sampled_from(["none", "topk", "kept"])),
             "scale": draw(st.sampled_from([1.0, 1.0, 2.5, 0.25]))}
     if draw(st.booleans()):
         opts["bias"] = draw(bias_st(E))
     k_max = E
-    if groups and E > 1 and draw(st.booleans()):
-        num_groups = draw(st.sampled_from([d for d in range(1, E + 1) if E % d == 0]))
+    if groups or (groups is None and E > 1 and draw(st.booleans())):
+        divisors = [d for d in range(1, E + 1) if E % d == 0 and (not groups or 1 < d < E)]
+        num_groups = draw(st.sampled_from(divisors or [E]))
         topk_groups = draw(st.integers(1, num_groups))
         opts.update(num_groups=num_groups, topk_groups=topk_groups)
         k_max = topk_groups * (E // num_groups)
-    k = draw(st.one_of(st.just(k_max), st.integers(1, k_max)))
-    opts.update(draw(capacity_options(T, k, E)))
+    k = draw(st.one_of(st.just(k_max), st.integers(min(min_k, k_max), k_max)))
+    opts.update(draw(capacity_options(T, k, E, dropless=dropless, priority=priority)))
     return logits, k, opts
 
 
@@ -191,10 +195,10 @@ def assert_plan_matches(plan, candidates):
 
 
 @st.composite
-def plan_st(draw, dtype=None, inf=True, max_T=10, max_E=6):
-    """A RoutingPlan from route (any options) or expert_choice, with the logits it came from."""
-    if draw(st.booleans()):
-        logits, k, opts = draw(route_case(dtype=dtype, inf=inf, max_T=max_T, max_E=max_E))
+def plan_st(draw, dtype=None, inf=True, max_T=10, max_E=6, **route_options):
+    """A RoutingPlan from route (options as in route_case) or expert_choice, with its logits."""
+    if route_options or draw(st.booleans()):
+        logits, k, opts = draw(route_case(dtype=dtype, inf=inf, max_T=max_T, max_E=max_E, **route_options))
         return moeroute.route(logits, k, **opts), logits
     logits = draw(logits_st(dtype=dtype, inf=inf, max_T=max_T, max_E=max_E))
     if draw(st.booleans()):

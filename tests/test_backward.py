@@ -125,7 +125,16 @@ def gradient_scale(plan, logits, grad_w):
 
 @given(plan_st(inf=False), st.data())
 def test_route_backward(plan_logits, data):
-    plan, logits = plan_logits
+    check_route_backward(*plan_logits, data)
+
+
+@given(plan_st(inf=False, dropless=False, normalize="topk", min_k=2), st.data())
+def test_route_backward_topk_with_drops(plan_logits, data):
+    """Dropped picks stay in the "topk" denominator."""
+    check_route_backward(*plan_logits, data)
+
+
+def check_route_backward(plan, logits, data):
     grad_w = random(data, plan.expert_ids.shape, plan.weights.dtype)
     got = moeroute.route_backward(grad_w, plan, logits)
     assert got.dtype == logits.dtype and got.shape == logits.shape
@@ -145,7 +154,15 @@ def test_route_backward(plan_logits, data):
 
 @given(plan_st(dtype=F64, inf=False, max_T=5, max_E=5), st.data())
 def test_route_backward_finite_differences(plan_logits, data):
-    plan, logits = plan_logits
+    check_route_backward_finite_differences(*plan_logits, data)
+
+
+@given(plan_st(dtype=F64, inf=False, max_T=5, max_E=5, dropless=False, min_k=2), st.data())
+def test_route_backward_finite_differences_with_drops(plan_logits, data):
+    check_route_backward_finite_differences(*plan_logits, data)
+
+
+def check_route_backward_finite_differences(plan, logits, data):
     grad_w = random(data, plan.expert_ids.shape, F64)
     got = moeroute.route_backward(grad_w, plan, logits)
     analytic = ref.route_backward(grad_w, plan.expert_ids, plan.dest, logits, plan.score, plan.normalize,

@@ -34,6 +34,20 @@ def test_route_matches_reference(case):
     assert (plan.score, plan.normalize, plan.scale) == (opts["score"], opts["normalize"], opts["scale"])
 
 
+@given(route_case(groups=True))
+def test_group_limited_routing_matches_reference(case):
+    logits, k, opts = case
+    plan = moeroute.route(logits, k, **opts)
+    assert_plan_matches(plan, reference_candidates(plan.probs, k, opts))
+
+
+@given(route_case(dropless=False, priority="score", max_T=16))
+def test_score_priority_matches_reference(case):
+    logits, k, opts = case
+    plan = moeroute.route(logits, k, **opts)
+    assert_plan_matches(plan, reference_candidates(plan.probs, k, opts))
+
+
 @given(logits_st(), st.data())
 def test_defaults(logits, data):
     k = data.draw(st.integers(1, logits.shape[1]))

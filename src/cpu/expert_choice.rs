@@ -1,7 +1,5 @@
 //! Expert-choice routing (Zhou et al. 2022): each expert takes its C highest-probability tokens.
 
-use std::cmp::Ordering;
-
 use rayon::prelude::*;
 
 use crate::cpu::scores::{score_row, ScoreMath};
@@ -38,19 +36,20 @@ where
     let rows = num_rows(Layout::Capacity(c), t_count, e_count, e_count)?;
     let probs = softmax_rows(logits, t_count, e_count)?;
 
-    // Each expert's chosen tokens, ascending.
+    // Each expert's chosen tokens, ascending. Probabilities are >= 0, so their f32/f64 bits order
+    // like the values: a u64/u128 key (prob bits, then the complement of the token) makes "higher
+    // prob, then lower token" a plain integer comparison.
     let taken = c.min(t_count);
     let chosen: Vec<Vec<u32>> = (0..e_count)
         .into_par_iter()
         .map(|e| {
-            let mut order: Vec<(L::Acc, u32)> = (0..t_count).map(|t| (probs[t * e_count + e], t as u32)).collect();
-            let best_first = |a: &(L::Acc, u32), b: &(L::Acc, u32)| {
-                b.0.partial_cmp(&a.0).unwrap_or(Ordering::Equal).then(a.1.cmp(&b.1))
-            };
+            let mut keys: Vec<u128> = (0..t_count)
+                .map(|t| ((probs[t * e_count + e].to_f64().to_bits() as u128) << 32) | (u32::MAX - t as u32) as u128)
+                .collect();
             if taken < t_count {
-                order.select_nth_unstable_by(taken, best_first);
+                keys.select_nth_unstable_by(taken, |a, b| b.cmp(a));
             }
-            let mut tokens: Vec<u32> = order[..taken].iter().map(|&(_, t)| t).collect();
+            let mut tokens: Vec<u32> = keys[..taken].iter().map(|&key| u32::MAX - key as u32).collect();
             tokens.sort_unstable();
             tokens
         })

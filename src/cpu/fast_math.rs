@@ -20,7 +20,11 @@ fn pow2(n: i32) -> f32 {
 #[inline(always)]
 pub fn exp_f32(x: f32) -> f32 {
     let xc = x.clamp(EXP_MIN, EXP_MAX);
-    let n = (xc * LOG2E + ROUND_MAGIC) - ROUND_MAGIC;
+    let shifted = xc * LOG2E + ROUND_MAGIC;
+    let n = shifted - ROUND_MAGIC;
+    // The integer n sits in the low mantissa bits of `shifted` (no float-to-int conversion,
+    // which would not vectorize).
+    let n_int = shifted.to_bits() as i32 - ROUND_MAGIC.to_bits() as i32;
     let r = (xc - n * LN2_HI) - n * LN2_LO;
     // Taylor polynomial of exp on |r| <= ln2 / 2; truncation error < 1e-9.
     let p = 1.0
@@ -29,9 +33,8 @@ pub fn exp_f32(x: f32) -> f32 {
                 + r * (1.0 / 6.0
                     + r * (1.0 / 24.0 + r * (1.0 / 120.0 + r * (1.0 / 720.0 + r * (1.0 / 5040.0)))))));
     // Scale by 2^n in two steps so n in [-150, 128] never leaves the exponent range.
-    let n = n as i32;
-    let half = n >> 1;
-    let v = p * pow2(half) * pow2(n - half);
+    let half = n_int >> 1;
+    let v = p * pow2(half) * pow2(n_int - half);
     if x > EXP_MAX {
         f32::INFINITY
     } else {

@@ -27,6 +27,78 @@ pub struct Gate<F> {
     pub probs: Vec<F>,
 }
 
+/// One task's tokens: their logits and the output slices to fill.
+struct Rows<'a, L: Activation> {
+    logits: &'a [L],
+    first_token: usize,
+    probs: &'a mut [L::Acc],
+    ids: &'a mut [i32],
+    picked: &'a mut [L::Acc],
+}
+
+/// Ok, or the first bad token and what is wrong with it.
+type RowsOutcome = std::result::Result<(), (usize, &'static str)>;
+
+/// Runs `gate_rows` compiled for AVX2 where the CPU has it (same IEEE operations in the same
+/// order, so the same bits), else for the baseline.
+fn gate_rows_dispatch<L: Activation>(rows: Rows<L>, spec: &GateSpec<L::Acc>, e_count: usize) -> RowsOutcome
+where
+    L::Acc: ScoreMath,
+{
+    #[cfg(target_arch = "x86_64")]
+    if std::is_x86_feature_detected!("avx2") {
+        // SAFETY: the CPU supports AVX2, checked just above.
+        return unsafe { gate_rows_avx2(rows, spec, e_count) };
+    }
+    gate_rows(rows, spec, e_count)
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2")]
+fn gate_rows_avx2<L: Activation>(rows: Rows<L>, spec: &GateSpec<L::Acc>, e_count: usize) -> RowsOutcome
+where
+    L::Acc: ScoreMath,
+{
+    gate_rows(rows, spec, e_count)
+}
+
+/// Scores, masks and selects for each token of one task.
+#[inline(always)]
+fn gate_rows<L: Activation>(rows: Rows<L>, spec: &GateSpec<L::Acc>, e_count: usize) -> RowsOutcome
+where
+    L::Acc: ScoreMath,
+{
+    let k = spec.top_k;
+    let per_group = spec.groups.map(|g| (k / g.topk_groups).max(1)).unwrap_or(0);
+    let mut selection = Vec::with_capacity(e_count);
+    let (mut order, mut group_scores, mut group_order) = (Vec::new(), Vec::new(), Vec::new());
+    for (i, ((p_row, id_row), pick_row)) in
+        rows.probs.chunks_mut(e_count).zip(rows.ids.chunks_mut(k)).zip(rows.picked.chunks_mut(k)).enumerate()
+    {
+        let t = rows.first_token + i;
+        let l_row = &rows.logits[t * e_count..(t + 1) * e_count];
+        score_row(l_row, p_row, spec.score).map_err(|bad| (t, bad.problem()))?;
+        let sel: &[L::Acc] = if spec.bias.is_none() && spec.groups.is_none() {
+            p_row
+        } else {
+            selection.clear();
+            match spec.bias {
+                Some(b) => selection.extend(p_row.iter().zip(b).map(|(&p, &b)| p + b)),
+                None => selection.extend_from_slice(p_row),
+            }
+            if let Some(limit) = spec.groups {
+                mask_groups(&mut selection, limit, per_group, &mut group_scores, &mut group_order);
+            }
+            &selection
+        };
+        top_k(sel, id_row, &mut order);
+        for (score, &e) in pick_row.iter_mut().zip(id_row.iter()) {
+            *score = p_row[e as usize];
+        }
+    }
+    Ok(())
+}
+
 /// Scores and selects experts for every token of `logits` ([num_tokens, num_experts], row-major).
 pub fn gate<L: Activation>(
     logits: &[L],
@@ -44,41 +116,15 @@ where
     if num_tokens == 0 {
         return Ok(Gate { expert_ids, picked_scores, probs });
     }
-    let per_group = spec.groups.map(|g| (k / g.topk_groups).max(1)).unwrap_or(0);
-    let outcomes: Vec<std::result::Result<(), (usize, &'static str)>> = probs
+    let outcomes: Vec<RowsOutcome> = probs
         .par_chunks_mut(TOKENS_PER_TASK * e_count)
         .zip(expert_ids.par_chunks_mut(TOKENS_PER_TASK * k))
         .zip(picked_scores.par_chunks_mut(TOKENS_PER_TASK * k))
         .enumerate()
         .map(|(task, ((probs, ids), picked))| {
             let first_token = task * TOKENS_PER_TASK;
-            let mut selection = Vec::with_capacity(e_count);
-            let (mut order, mut group_scores, mut group_order) = (Vec::new(), Vec::new(), Vec::new());
-            for (i, ((p_row, id_row), pick_row)) in
-                probs.chunks_mut(e_count).zip(ids.chunks_mut(k)).zip(picked.chunks_mut(k)).enumerate()
-            {
-                let t = first_token + i;
-                let l_row = &logits[t * e_count..(t + 1) * e_count];
-                score_row(l_row, p_row, spec.score).map_err(|bad| (t, bad.problem()))?;
-                let sel: &[L::Acc] = if spec.bias.is_none() && spec.groups.is_none() {
-                    p_row
-                } else {
-                    selection.clear();
-                    match spec.bias {
-                        Some(b) => selection.extend(p_row.iter().zip(b).map(|(&p, &b)| p + b)),
-                        None => selection.extend_from_slice(p_row),
-                    }
-                    if let Some(limit) = spec.groups {
-                        mask_groups(&mut selection, limit, per_group, &mut group_scores, &mut group_order);
-                    }
-                    &selection
-                };
-                top_k(sel, id_row, &mut order);
-                for (score, &e) in pick_row.iter_mut().zip(id_row.iter()) {
-                    *score = p_row[e as usize];
-                }
-            }
-            Ok(())
+            let rows = Rows { logits, first_token, probs, ids, picked };
+            gate_rows_dispatch(rows, spec, e_count)
         })
         .collect();
     if let Some(&Err((token, problem))) = outcomes.iter().find(|o| o.is_err()) {

@@ -37,22 +37,64 @@ impl ScoreMath for f64 {
     }
 }
 
+/// Independent lanes of the max / sum reductions: a fixed split the compiler can vectorize, so the
+/// result does not depend on the thread count (or on anything but the row).
+const LANES: usize = 8;
+
+/// (max, any NaN) of a row, over LANES interleaved partial maxima.
+#[inline(always)]
+fn max_and_nan<F: Accum>(values: &[F]) -> (F, bool) {
+    let mut max = [F::NEG_INFINITY; LANES];
+    let mut nan = [false; LANES];
+    let mut chunks = values.chunks_exact(LANES);
+    for chunk in &mut chunks {
+        for l in 0..LANES {
+            nan[l] |= chunk[l].is_nan();
+            max[l] = if chunk[l] > max[l] { chunk[l] } else { max[l] };
+        }
+    }
+    for (l, &v) in chunks.remainder().iter().enumerate() {
+        nan[l] |= v.is_nan();
+        max[l] = if v > max[l] { v } else { max[l] };
+    }
+    let mut m = F::NEG_INFINITY;
+    for v in max {
+        m = if v > m { v } else { m };
+    }
+    (m, nan.iter().any(|&n| n))
+}
+
+/// Sum of a row over LANES interleaved partial sums, added in a fixed order.
+#[inline(always)]
+fn lane_sum<F: Accum>(values: &[F]) -> F {
+    let mut acc = [F::ZERO; LANES];
+    let mut chunks = values.chunks_exact(LANES);
+    for chunk in &mut chunks {
+        for l in 0..LANES {
+            acc[l] += chunk[l];
+        }
+    }
+    for (l, &v) in chunks.remainder().iter().enumerate() {
+        acc[l] += v;
+    }
+    let mut sum = F::ZERO;
+    for v in acc {
+        sum += v;
+    }
+    sum
+}
+
 /// Writes score(logits) into `out` (same length). Softmax of a row holding +inf gives the +inf
 /// entries equal shares of 1 (the limit); a row of all -inf or any NaN is rejected.
+#[inline(always)]
 pub fn score_row<L: Activation>(logits: &[L], out: &mut [L::Acc], score: ScoreFunction) -> Result<(), BadRow>
 where
     L::Acc: ScoreMath,
 {
-    let mut max = <L::Acc as Accum>::NEG_INFINITY;
-    let mut has_nan = false;
     for (o, &l) in out.iter_mut().zip(logits) {
-        let v = l.to_acc();
-        has_nan |= v.is_nan();
-        if v > max {
-            max = v;
-        }
-        *o = v;
+        *o = l.to_acc();
     }
+    let (max, has_nan) = max_and_nan(out);
     if has_nan {
         return Err(BadRow::NaN);
     }
@@ -67,12 +109,9 @@ where
             out.iter_mut().for_each(|v| *v = if *v == max { share } else { <L::Acc as Accum>::ZERO });
         }
         ScoreFunction::Softmax => {
-            let mut sum = <L::Acc as Accum>::ZERO;
-            for v in out.iter_mut() {
-                *v = (*v - max).exp();
-                sum += *v;
-            }
-            out.iter_mut().for_each(|v| *v = *v / sum);
+            out.iter_mut().for_each(|v| *v = (*v - max).exp());
+            let inverse = <L::Acc as Accum>::ONE / lane_sum(out);
+            out.iter_mut().for_each(|v| *v = *v * inverse);
         }
     }
     Ok(())

@@ -13,6 +13,7 @@ fn rank<F: Accum>(a: (F, usize), b: (F, usize)) -> Ordering {
 
 /// Writes the indices of the `ids.len()` highest `values` into `ids`, best first (ties → lower
 /// index). `order` is scratch space of at least `values.len()` entries for large k.
+#[inline(always)]
 pub fn top_k<F: Accum>(values: &[F], ids: &mut [i32], order: &mut Vec<usize>) {
     let k = ids.len();
     if k <= 8 {
@@ -31,26 +32,45 @@ pub fn top_k<F: Accum>(values: &[F], ids: &mut [i32], order: &mut Vec<usize>) {
     }
 }
 
-/// Small k: one pass keeping a sorted list of the best k. Equal values never displace an earlier
-/// (lower) index because insertion needs a strictly greater value.
+/// Small k: seed a best-first list with the first k values, then one pass where a value enters
+/// only if it is strictly greater than the current k-th best — so equal values never displace an
+/// earlier (lower) index, and the common case is a single predictable compare.
+#[inline(always)]
 fn top_k_insertion<F: Accum>(values: &[F], ids: &mut [i32]) {
     let k = ids.len();
     let mut best = [(F::NEG_INFINITY, 0usize); 8];
-    let mut filled = 0;
-    for (e, &v) in values.iter().enumerate() {
-        if filled == k && !(v > best[k - 1].0) {
-            continue;
-        }
-        let mut j = filled.min(k - 1);
-        if filled < k {
-            filled += 1;
-        }
-        // Shift worse entries down; stop at the first entry that stays ahead of v.
-        while j > 0 && rank(best[j - 1], (v, e)) == Ordering::Greater {
+    let insert = |best: &mut [(F, usize); 8], last: usize, v: F, e: usize| {
+        let mut j = last;
+        while j > 0 && v > best[j - 1].0 {
             best[j] = best[j - 1];
             j -= 1;
         }
         best[j] = (v, e);
+    };
+    for (e, &v) in values[..k].iter().enumerate() {
+        insert(&mut best, e, v, e);
+    }
+    let mut threshold = best[k - 1].0;
+    let mut offer = |best: &mut [(F, usize); 8], threshold: &mut F, v: F, e: usize| {
+        if v > *threshold {
+            insert(best, k - 1, v, e);
+            *threshold = best[k - 1].0;
+        }
+    };
+    // Blocks of 8 with nothing above the threshold (one vectorized compare) are skipped.
+    const BLOCK: usize = 8;
+    let rest = &values[k..];
+    let mut blocks = rest.chunks_exact(BLOCK);
+    for (b, block) in (&mut blocks).enumerate() {
+        if block.iter().fold(false, |any, &v| any | (v > threshold)) {
+            for (i, &v) in block.iter().enumerate() {
+                offer(&mut best, &mut threshold, v, k + b * BLOCK + i);
+            }
+        }
+    }
+    let start = values.len() - blocks.remainder().len();
+    for (i, &v) in blocks.remainder().iter().enumerate() {
+        offer(&mut best, &mut threshold, v, start + i);
     }
     for (id, &(_, e)) in ids.iter_mut().zip(best.iter()) {
         *id = e as i32;

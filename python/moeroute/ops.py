@@ -137,7 +137,10 @@ def _weights(weights: Any, plan: RoutingPlan, dtype_name: str) -> np.ndarray:
     acc = accumulation_dtype(dtype_name)
     if weights is None:
         return np.ascontiguousarray(plan.weights, dtype=acc)
-    w = float_array(weights, "weights", acc, ndim=2)
+    given = weights if isinstance(weights, np.ndarray) else np.asarray(weights)
+    if given.dtype not in (np.float32, np.float64):
+        raise DTypeError(f"weights: got dtype {given.dtype}, expected float32 or float64")
+    w = float_array(given, "weights", acc, ndim=2)
     if w.shape != plan.expert_ids.shape:
         raise ShapeError(f"weights: got shape {list(w.shape)}, expected {list(plan.expert_ids.shape)} (T, S)")
     return w

@@ -130,26 +130,35 @@ def test_row_index_overflows_int32():
 # --- ops -------------------------------------------------------------------------------------------
 
 
-def test_permute_and_combine_shapes():
-    raises(ShapeError, "x", moeroute.permute, np.ones((6, 3), np.float32), PLAN)
-    raises(ShapeError, "x", moeroute.permute, np.ones(5, np.float32), PLAN)
-    raises(ShapeError, "yp", moeroute.combine, np.ones((PLAN.num_rows + 1, 3), np.float32), PLAN)
-    raises(ShapeError, "weights", moeroute.combine, YP, PLAN, weights=np.ones((5, 3), np.float32))
-    raises(ShapeError, "grad_xp", moeroute.permute_backward, np.ones((1, 3), np.float32), PLAN)
-    raises(ShapeError, "grad_y", moeroute.combine_backward, np.ones((4, 3), np.float32), YP, PLAN)
-    raises(ShapeError, "grad_y", moeroute.combine_backward, np.ones((5, 2), np.float32), YP, PLAN)
-    raises(ShapeError, "logits", moeroute.route_backward, PLAN.weights, PLAN, LOGITS[:4])
-    raises(ShapeError, "grad_weights", moeroute.route_backward, PLAN.weights[:, :1], PLAN, LOGITS)
+F32_ONES = np.ones((5, 3), np.float32)
 
 
-def test_permute_and_combine_dtypes():
-    raises(DTypeError, "x", moeroute.permute, np.ones((5, 3), np.int32), PLAN)
-    raises(DTypeError, "yp", moeroute.combine, YP.astype(np.int64), PLAN)
-    raises(DTypeError, "weights", moeroute.combine, YP, PLAN, weights=np.ones((5, 2), np.int32))
-    raises(DTypeError, "weights", moeroute.combine, YP, PLAN, weights=np.ones((5, 2), np.float16))
-    raises(DTypeError, "grad_xp", moeroute.permute_backward, YP.astype(np.complex64), PLAN)
-    raises(DTypeError, "grad_y", moeroute.combine_backward, X.astype(np.int32), YP, PLAN)
-    raises(DTypeError, "logits", moeroute.route_backward, PLAN.weights, PLAN, LOGITS.astype(np.int32))
+@pytest.mark.parametrize("name, call", [
+    ("x", lambda: moeroute.permute(np.ones((6, 3), np.float32), PLAN)),
+    ("x", lambda: moeroute.permute(np.ones(5, np.float32), PLAN)),
+    ("yp", lambda: moeroute.combine(np.ones((PLAN.num_rows + 1, 3), np.float32), PLAN)),
+    ("weights", lambda: moeroute.combine(YP, PLAN, weights=np.ones((5, 3), np.float32))),
+    ("grad_xp", lambda: moeroute.permute_backward(np.ones((1, 3), np.float32), PLAN)),
+    ("grad_y", lambda: moeroute.combine_backward(np.ones((4, 3), np.float32), YP, PLAN)),
+    ("grad_y", lambda: moeroute.combine_backward(np.ones((5, 2), np.float32), YP, PLAN)),
+    ("logits", lambda: moeroute.route_backward(PLAN.weights, PLAN, LOGITS[:4])),
+    ("grad_weights", lambda: moeroute.route_backward(PLAN.weights[:, :1], PLAN, LOGITS)),
+])
+def test_op_shapes(name, call):
+    raises(ShapeError, name, call)
+
+
+@pytest.mark.parametrize("name, call", [
+    ("x", lambda: moeroute.permute(F32_ONES.astype(np.int32), PLAN)),
+    ("yp", lambda: moeroute.combine(YP.astype(np.int64), PLAN)),
+    ("weights", lambda: moeroute.combine(YP, PLAN, weights=np.ones((5, 2), np.int32))),
+    ("weights", lambda: moeroute.combine(YP, PLAN, weights=np.ones((5, 2), np.float16))),
+    ("grad_xp", lambda: moeroute.permute_backward(YP.astype(np.complex64), PLAN)),
+    ("grad_y", lambda: moeroute.combine_backward(F32_ONES.astype(np.int32), YP, PLAN)),
+    ("logits", lambda: moeroute.route_backward(PLAN.weights, PLAN, LOGITS.astype(np.int32))),
+])
+def test_op_dtypes(name, call):
+    raises(DTypeError, name, call)
 
 
 def test_hand_built_plan_with_expert_id_out_of_range():

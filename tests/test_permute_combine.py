@@ -62,3 +62,11 @@ def test_hand_example():
     np.testing.assert_array_equal(moeroute.combine(yp, plan), [[30, 40], [10, 20]])
     w = np.array([[0.5, 7.0], [2.0, 7.0]], np.float32)  # slot 1 is dropped: its weight is ignored
     np.testing.assert_array_equal(moeroute.combine(yp, plan, weights=w), [[15, 20], [20, 40]])
+
+
+def test_non_contiguous_activations():
+    plan = moeroute.route(np.random.default_rng(2).normal(size=(6, 4)).astype(np.float32), 2, capacity=2)
+    x = np.random.default_rng(3).normal(size=(8, 6)).astype(np.float32).T[:6, ::2]
+    np.testing.assert_array_equal(moeroute.permute(x, plan), moeroute.permute(np.ascontiguousarray(x), plan))
+    yp = np.random.default_rng(4).normal(size=(plan.num_rows, 10))[:, 1::3]
+    np.testing.assert_array_equal(moeroute.combine(yp, plan), moeroute.combine(np.ascontiguousarray(yp), plan))

@@ -51,7 +51,7 @@ fn top_k_insertion<F: Accum>(values: &[F], ids: &mut [i32]) {
         insert(&mut best, e, v, e);
     }
     let mut threshold = best[k - 1].0;
-    let mut offer = |best: &mut [(F, usize); 8], threshold: &mut F, v: F, e: usize| {
+    let offer = |best: &mut [(F, usize); 8], threshold: &mut F, v: F, e: usize| {
         if v > *threshold {
             insert(best, k - 1, v, e);
             *threshold = best[k - 1].0;

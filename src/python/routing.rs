@@ -107,6 +107,7 @@ fn expert_choice<'py>(
     })
 }
 
+#[allow(clippy::too_many_arguments)]
 fn route_backward_typed<'py, F: Accum + Element>(
     py: Python<'py>,
     grad_weights: &Bound<'py, PyAny>,

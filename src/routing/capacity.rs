@@ -43,7 +43,7 @@ pub fn resolve_capacity(
         (Some(c), _) => c as u128,
         (None, Some(f)) => {
             let c = (f * num_tokens as f64 * top_k as f64 / num_experts as f64).ceil();
-            if !(c <= MAX_ROWS as f64) {
+            if c > MAX_ROWS as f64 {
                 return Err(overflow("capacity_factor", "capacity", c.min(u128::MAX as f64) as u128));
             }
             c as u128
@@ -89,7 +89,7 @@ pub fn expert_choice_capacity(
         });
     }
     let c = (num_tokens as f64 * capacity_factor / num_experts as f64).ceil();
-    if !(c <= MAX_ROWS as f64) {
+    if c > MAX_ROWS as f64 {
         return Err(overflow("capacity_factor", "capacity", c.min(u128::MAX as f64) as u128));
     }
     Ok(c as usize)

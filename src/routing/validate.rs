@@ -31,8 +31,8 @@ pub fn validate_plan(p: &PlanArrays) -> Result<()> {
     ensure_plan!(offsets[e_count] as i128 <= r_count as i128, "plan.expert_offsets", "ends at {}, past the {} rows of plan.src", offsets[e_count], r_count);
     if let Some(c) = p.capacity {
         ensure_plan!(r_count == e_count * c, "plan.src", "has {} rows, expected num_experts * capacity = {}", r_count, e_count * c);
-        for e in 0..=e_count {
-            ensure_plan!(offsets[e] == (e * c) as i64, "plan.expert_offsets", "is {} at expert {e}, expected {} for capacity {c}", offsets[e], e * c);
+        for (e, &offset) in offsets.iter().enumerate() {
+            ensure_plan!(offset == (e * c) as i64, "plan.expert_offsets", "is {offset} at expert {e}, expected {} for capacity {c}", e * c);
         }
     }
 

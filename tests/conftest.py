@@ -8,12 +8,10 @@ import numpy as np
 from hypothesis import HealthCheck, settings
 from hypothesis import strategies as st
 
-settings.register_profile(
-    "moeroute", deadline=None, max_examples=60, suppress_health_check=[HealthCheck.too_slow]
-)
-settings.register_profile("quick", deadline=None, max_examples=10, suppress_health_check=[HealthCheck.too_slow])
-settings.register_profile("thorough", deadline=None, max_examples=1000,
-                          suppress_health_check=[HealthCheck.too_slow])
+# HYPOTHESIS_PROFILE=thorough runs 1000 examples per property (a few minutes) instead of 60.
+for name, examples in (("moeroute", 60), ("thorough", 1000)):
+    settings.register_profile(name, deadline=None, max_examples=examples,
+                              suppress_health_check=[HealthCheck.too_slow])
 settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "moeroute"))
 
 F32 = np.dtype(np.float32)
@@ -56,10 +54,6 @@ def assert_sum_close(got, ref, abs_sum, dtype, rtol=None):
         half_ulp_close(got, ref, dtype)
 
 
-def to_dtype(values, dtype):
-    return np.asarray(values, F64).astype(dtype)
-
-
 # ---------------------------------------------------------------------------------------------------
 # Strategies
 # ---------------------------------------------------------------------------------------------------
@@ -68,12 +62,11 @@ dtypes = st.sampled_from(FLOAT_DTYPES)
 
 
 @st.composite
-def logits_st(draw, dtype=None, min_T=0, max_T=12, min_E=1, max_E=9, inf=True, T=None, E=None):
+def logits_st(draw, dtype=None, max_T=12, min_E=1, max_E=9, inf=True):
     """[T, E] logits: tied values from a small set or spread floats, some +-inf, never NaN, never a
     row of all -inf."""
     dtype = np.dtype(dtype) if dtype is not None else draw(dtypes)
-    T = T if T is not None else draw(st.integers(min_T, max_T))
-    E = E if E is not None else draw(st.integers(min_E, max_E))
+    T, E = draw(st.integers(0, max_T)), draw(st.integers(min_E, max_E))
     values = list(TIE_VALUES)
     if inf:
         values += [np.inf, -np.inf]
@@ -85,6 +78,24 @@ def logits_st(draw, dtype=None, min_T=0, max_T=12, min_E=1, max_E=9, inf=True, T
     for t in range(T):
         if np.all(x[t] == -np.inf):
             x[t, draw(st.integers(0, E - 1))] = draw(st.sampled_from(TIE_VALUES))
+    return x.astype(dtype)
+
+
+@st.composite
+def big_logits_st(draw, dtype=None, max_T=40, min_E=9, max_E=80):
+    """Larger [T, E] logits from a seeded generator (vectorized and large-k code paths): normal or
+    tied values, a few +-inf, never NaN, never a row of all -inf."""
+    dtype = np.dtype(dtype) if dtype is not None else draw(dtypes)
+    T, E = draw(st.integers(0, max_T)), draw(st.integers(min_E, max_E))
+    rng = np.random.default_rng(draw(st.integers(0, 2**32 - 1)))
+    if draw(st.booleans()):
+        x = rng.normal(scale=3.0, size=(T, E))
+    else:
+        x = rng.choice(TIE_VALUES, size=(T, E))
+    if draw(st.booleans()):
+        x[rng.random((T, E)) < 0.03] = np.inf
+        x[rng.random((T, E)) < 0.2] = -np.inf
+        x[np.all(x == -np.inf, axis=1), 0] = 0.0
     return x.astype(dtype)
 
 
@@ -116,11 +127,15 @@ def capacity_options(draw, T, k, E, dropless=True, priority=None):
 
 @st.composite
 def route_case(draw, dtype=None, groups=None, inf=True, max_T=12, max_E=9, dropless=True, normalize=None,
-               priority=None, min_k=1):
+               priority=None, min_k=1, big=False):
     """(logits, k, options) for moeroute.route covering every option. groups: None = sometimes,
-    True = always, False = never; dropless=False forces a capacity; normalize/priority force a value."""
-    logits = draw(logits_st(dtype=dtype, inf=inf, max_T=max_T, max_E=max_E,
-                            min_E=4 if groups else min_k))
+    True = always, False = never; dropless=False forces a capacity; normalize/priority force a value;
+    big: logits from big_logits_st."""
+    if big:
+        logits = draw(big_logits_st(dtype=dtype))
+    else:
+        logits = draw(logits_st(dtype=dtype, inf=inf, max_T=max_T, max_E=max_E,
+                                min_E=4 if groups else min_k))
     T, E = logits.shape
     opts = {"score": draw(st.sampled_from(["softmax", "sigmoid"])),
             "normalize": normalize or draw(st.sampled_from(["none", "topk", "kept"])),
@@ -143,7 +158,7 @@ def route_case(draw, dtype=None, groups=None, inf=True, max_T=12, max_E=9, dropl
 def activations(draw, rows, H=None, dtype=None):
     """A [rows, H] array of random values of a float dtype (drawn from a hypothesis-chosen seed)."""
     dtype = np.dtype(dtype) if dtype is not None else draw(dtypes)
-    H = H if H is not None else draw(st.integers(1, 6))
+    H = H if H is not None else draw(st.one_of(st.integers(1, 6), st.integers(7, 70)))
     rng = np.random.default_rng(draw(st.integers(0, 2**32 - 1)))
     return rng.uniform(-4, 4, size=(rows, H)).astype(dtype)
 

@@ -106,8 +106,12 @@ def keep_mask(expert_ids, E, C, priority, prio_key=None):
     if C is None:
         return kept
     kept = np.zeros((T, S), bool)
-    for e in range(E):
-        picks = [(t, s) for t in range(T) for s in range(S) if expert_ids[t, s] == e]
+    picks_of = [[] for _ in range(E)]
+    for t in range(T):
+        for s in range(S):
+            if expert_ids[t, s] >= 0:
+                picks_of[expert_ids[t, s]].append((t, s))
+    for e, picks in enumerate(picks_of):
         if priority == "slot":
             picks.sort(key=lambda p: (p[1], p[0]))
         elif priority == "token":
@@ -124,8 +128,11 @@ def keep_mask(expert_ids, E, C, priority, prio_key=None):
 def layout(expert_ids, kept, E, C, pad_to=1):
     """dest [T,S], src [R], expert_offsets [E+1], tokens_per_expert [E]; segment rows in token order."""
     T, S = expert_ids.shape
-    tokens = [sorted(t for t in range(T) for s in range(S) if kept[t, s] and expert_ids[t, s] == e)
-              for e in range(E)]
+    tokens = [[] for _ in range(E)]  # kept tokens of each expert, ascending
+    for t in range(T):
+        for s in range(S):
+            if kept[t, s]:
+                tokens[expert_ids[t, s]].append(t)
     offsets = np.zeros(E + 1, np.int64)
     if C is not None:
         R = E * C
@@ -137,13 +144,15 @@ def layout(expert_ids, kept, E, C, pad_to=1):
             offsets[e + 1] = offsets[e] + -(-len(tokens[e]) // pad_to) * pad_to
     dest = np.full((T, S), -1, np.int32)
     src = np.full(R, -1, np.int32)
+    row_of = {}
     for e in range(E):
         for i, t in enumerate(tokens[e]):
-            row = offsets[e] + i
-            src[row] = t
-            for s in range(S):
-                if expert_ids[t, s] == e:
-                    dest[t, s] = row
+            src[offsets[e] + i] = t
+            row_of[t, e] = offsets[e] + i
+    for t in range(T):
+        for s in range(S):
+            if kept[t, s]:
+                dest[t, s] = row_of[t, expert_ids[t, s]]
     tokens_per_expert = np.array([len(x) for x in tokens], np.int64)
     return dest, src, offsets, tokens_per_expert
 

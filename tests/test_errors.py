@@ -125,6 +125,7 @@ def test_row_index_overflows_int32():
     raises(IndexOverflowError, "capacity", moeroute.route, LOGITS, 2, capacity=2**30)
     raises(IndexOverflowError, "pad_to", moeroute.route, LOGITS, 2, pad_to=2**30)
     raises(IndexOverflowError, "capacity", moeroute.expert_choice, LOGITS, capacity=2**30)
+    raises(IndexOverflowError, ("capacity", "capacity_factor"), moeroute.route, LOGITS, 2, capacity_factor=1e12)
 
 
 # --- ops -------------------------------------------------------------------------------------------

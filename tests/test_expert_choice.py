@@ -7,7 +7,7 @@ from hypothesis import strategies as st
 
 import moeroute
 import reference as ref
-from conftest import CAPACITY_FACTORS, assert_plan_matches, assert_probs_close, logits_st
+from conftest import CAPACITY_FACTORS, assert_plan_matches, assert_probs_close, big_logits_st, logits_st
 
 
 def check(plan, logits, C):
@@ -29,6 +29,12 @@ def test_expert_choice_matches_reference(logits, data):
         options = {"capacity_factor": data.draw(st.sampled_from(CAPACITY_FACTORS))}
     plan = moeroute.expert_choice(logits, **options)
     check(plan, logits, ref.expert_choice_capacity(T, E, **options))
+
+
+@given(big_logits_st(max_E=40), st.sampled_from(CAPACITY_FACTORS))
+def test_large_expert_choice_matches_reference(logits, capacity_factor):
+    plan = moeroute.expert_choice(logits, capacity_factor=capacity_factor)
+    check(plan, logits, ref.expert_choice_capacity(*logits.shape, capacity_factor=capacity_factor))
 
 
 @given(logits_st())

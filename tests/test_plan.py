@@ -56,6 +56,11 @@ def test_rebuilt_from_its_arrays(plan_logits):
     assert_same_plan(RoutingPlan(**fields(plan)), plan)
 
 
+def test_constructor_defaults():
+    plan = moeroute.route(BASE_LOGITS, 2)
+    assert_same_plan(RoutingPlan(**{name: getattr(plan, name) for name in ARRAYS}), plan)
+
+
 @given(plan_st())
 def test_to_dict_from_dict(plan_logits):
     plan, _ = plan_logits

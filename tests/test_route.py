@@ -34,6 +34,14 @@ def test_route_matches_reference(case):
     assert (plan.score, plan.normalize, plan.scale) == (opts["score"], opts["normalize"], opts["scale"])
 
 
+@given(route_case(big=True))
+def test_large_route_matches_reference(case):
+    logits, k, opts = case
+    plan = moeroute.route(logits, k, **opts)
+    assert_probs_close(plan.probs, ref.scores(logits, opts["score"]), logits.dtype)
+    assert_plan_matches(plan, reference_candidates(plan.probs, k, opts))
+
+
 @given(route_case(groups=True))
 def test_group_limited_routing_matches_reference(case):
     logits, k, opts = case

@@ -196,6 +196,52 @@ fn assign_rows(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use proptest::prelude::*;
+
+    /// Distinct experts per token from a seed list: a rotation of 0..e, walked up or down.
+    fn ids_from(seeds: &[u8], t: usize, k: usize, e: usize) -> Vec<i32> {
+        (0..t)
+            .flat_map(|tok| {
+                let seed = seeds[tok % seeds.len()] as usize;
+                let step = if seed % 2 == 0 { 1 } else { e - 1 };
+                (0..k).map(move |j| ((seed + j * step) % e) as i32)
+            })
+            .collect()
+    }
+
+    proptest! {
+        #[test]
+        fn plan_invariants(seeds in prop::collection::vec(any::<u8>(), 1..64), t in 0usize..40,
+                           e in 1usize..6, k_seed in 0usize..6, cap in 0usize..12, pad in 1usize..4,
+                           dropless in any::<bool>(), p in 0usize..3) {
+            let k = 1 + k_seed % e;
+            let ids = ids_from(&seeds, t, k, e);
+            let keys: Vec<f32> = (0..t * k).map(|i| seeds[i % seeds.len()] as f32).collect();
+            let layout = if dropless { Layout::Dropless { pad_to: pad } } else { Layout::Capacity(cap) };
+            let priority = [Priority::Slot, Priority::Token, Priority::Score][p];
+            let plan = build_token_plan(&ids, &keys, t, k, e, layout, priority).unwrap();
+            // Rows are unique, inside their expert's segment, packed first, in ascending token order.
+            let mut seen = vec![false; plan.src.len()];
+            for (i, &d) in plan.dest.iter().enumerate() {
+                if d < 0 { prop_assert!(!dropless); continue; }
+                let (ex, row) = (ids[i] as usize, d as usize);
+                prop_assert!(!seen[row]);
+                seen[row] = true;
+                prop_assert_eq!(plan.src[row], (i / k) as i32);
+                prop_assert!(plan.expert_offsets[ex] <= d as i64 && (d as i64) < plan.expert_offsets[ex + 1]);
+            }
+            for ex in 0..e {
+                let lo = plan.expert_offsets[ex] as usize;
+                let n = plan.tokens_per_expert[ex] as usize;
+                let tokens = &plan.src[lo..lo + n];
+                prop_assert!(tokens.windows(2).all(|w| w[0] < w[1]));
+                if let Layout::Capacity(c) = layout {
+                    prop_assert_eq!(n as i64, plan.assigned_per_expert[ex].min(c as i64));
+                }
+            }
+            prop_assert_eq!(plan.assigned_per_expert.iter().sum::<i64>(), (t * k) as i64);
+        }
+    }
 
     fn plan(ids: &[i32], keys: &[f32], t: usize, k: usize, e: usize, layout: Layout, p: Priority) -> PlanIndices {
         build_token_plan(ids, keys, t, k, e, layout, p).unwrap()

@@ -24,6 +24,15 @@ pub trait Accum:
     /// exp(x), accurate to a few ulp, vectorizable for f32.
     fn exp(self) -> Self;
     fn is_nan(self) -> bool;
+    /// The larger of two non-NaN values.
+    #[inline(always)]
+    fn max_of(self, other: Self) -> Self {
+        if other > self {
+            other
+        } else {
+            self
+        }
+    }
     fn from_f64(v: f64) -> Self;
     fn to_f64(self) -> f64;
 }

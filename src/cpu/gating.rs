@@ -71,7 +71,7 @@ where
     let k = spec.top_k;
     let per_group = spec.groups.map(|g| (k / g.topk_groups).max(1)).unwrap_or(0);
     let mut selection = Vec::with_capacity(e_count);
-    let (mut order, mut group_scores, mut group_order) = (Vec::new(), Vec::new(), Vec::new());
+    let (mut scratch, mut order, mut group_scores) = (Vec::new(), Vec::new(), Vec::new());
     for (i, ((p_row, id_row), pick_row)) in
         rows.probs.chunks_mut(e_count).zip(rows.ids.chunks_mut(k)).zip(rows.picked.chunks_mut(k)).enumerate()
     {
@@ -87,11 +87,11 @@ where
                 None => selection.extend_from_slice(p_row),
             }
             if let Some(limit) = spec.groups {
-                mask_groups(&mut selection, limit, per_group, &mut group_scores, &mut group_order);
+                mask_groups(&mut selection, limit, per_group, &mut group_scores, &mut scratch, &mut order);
             }
             &selection
         };
-        top_k(sel, id_row, &mut order);
+        top_k(sel, id_row, &mut scratch, &mut order);
         for (score, &e) in pick_row.iter_mut().zip(id_row.iter()) {
             *score = p_row[e as usize];
         }

@@ -39,7 +39,7 @@ impl ScoreMath for f64 {
 
 /// Independent lanes of the max / sum reductions: a fixed split the compiler can vectorize, so the
 /// result does not depend on the thread count (or on anything but the row).
-const LANES: usize = 8;
+const LANES: usize = 16;
 
 /// (max, any NaN) of a row, over LANES interleaved partial maxima.
 #[inline(always)]

@@ -12,12 +12,15 @@ fn rank<F: Accum>(a: (F, usize), b: (F, usize)) -> Ordering {
 }
 
 /// Writes the indices of the `ids.len()` highest `values` into `ids`, best first (ties → lower
-/// index). `order` is scratch space of at least `values.len()` entries for large k.
+/// index). `scratch` is reused between calls. `values` must hold at least `ids.len()` entries
+/// greater than -inf (true for scores, and checked for group-limited routing by the options).
 #[inline(always)]
-pub fn top_k<F: Accum>(values: &[F], ids: &mut [i32], order: &mut Vec<usize>) {
+pub fn top_k<F: Accum>(values: &[F], ids: &mut [i32], scratch: &mut Vec<F>, order: &mut Vec<usize>) {
     let k = ids.len();
-    if k <= 8 {
-        top_k_insertion(values, ids);
+    if k == 2 {
+        top_2(values, ids);
+    } else if k <= 8 {
+        top_k_by_argmax(values, ids, scratch);
     } else {
         order.clear();
         order.extend(0..values.len());
@@ -32,49 +35,88 @@ pub fn top_k<F: Accum>(values: &[F], ids: &mut [i32], order: &mut Vec<usize>) {
     }
 }
 
-/// Small k: seed a best-first list with the first k values, then one pass where a value enters
-/// only if it is strictly greater than the current k-th best — so equal values never displace an
-/// earlier (lower) index, and the common case is a single predictable compare.
+/// Small k: k branch-free passes, each a vectorized max then the first index holding it; the
+/// winner is set to -inf in a scratch copy before the next pass. The first index wins ties.
 #[inline(always)]
-fn top_k_insertion<F: Accum>(values: &[F], ids: &mut [i32]) {
-    let k = ids.len();
-    let mut best = [(F::NEG_INFINITY, 0usize); 8];
-    let insert = |best: &mut [(F, usize); 8], last: usize, v: F, e: usize| {
-        let mut j = last;
-        while j > 0 && v > best[j - 1].0 {
-            best[j] = best[j - 1];
-            j -= 1;
-        }
-        best[j] = (v, e);
-    };
-    for (e, &v) in values[..k].iter().enumerate() {
-        insert(&mut best, e, v, e);
-    }
-    let mut threshold = best[k - 1].0;
-    let offer = |best: &mut [(F, usize); 8], threshold: &mut F, v: F, e: usize| {
-        if v > *threshold {
-            insert(best, k - 1, v, e);
-            *threshold = best[k - 1].0;
-        }
-    };
-    // Blocks of 8 with nothing above the threshold (one vectorized compare) are skipped.
-    const BLOCK: usize = 8;
-    let rest = &values[k..];
-    let mut blocks = rest.chunks_exact(BLOCK);
-    for (b, block) in (&mut blocks).enumerate() {
-        if block.iter().fold(false, |any, &v| any | (v > threshold)) {
-            for (i, &v) in block.iter().enumerate() {
-                offer(&mut best, &mut threshold, v, k + b * BLOCK + i);
-            }
-        }
-    }
-    let start = values.len() - blocks.remainder().len();
-    for (i, &v) in blocks.remainder().iter().enumerate() {
-        offer(&mut best, &mut threshold, v, start + i);
-    }
-    for (id, &(_, e)) in ids.iter_mut().zip(best.iter()) {
+fn top_k_by_argmax<F: Accum>(values: &[F], ids: &mut [i32], scratch: &mut Vec<F>) {
+    scratch.clear();
+    scratch.extend_from_slice(values);
+    for id in ids.iter_mut() {
+        let max = lane_max(scratch);
+        let e = first_equal(scratch, max);
         *id = e as i32;
+        scratch[e] = F::NEG_INFINITY;
     }
+}
+
+const LANES: usize = 8;
+
+/// k = 2 in one branch-free pass: each lane keeps its two largest values; the best two values
+/// overall come from those 2 * LANES candidates, then their first indices are looked up.
+#[inline(always)]
+fn top_2<F: Accum>(values: &[F], ids: &mut [i32]) {
+    let mut first = [F::NEG_INFINITY; LANES];
+    let mut second = [F::NEG_INFINITY; LANES];
+    let mut offer = |l: usize, v: F| {
+        let smaller = if v > first[l] { first[l] } else { v };
+        first[l] = if v > first[l] { v } else { first[l] };
+        second[l] = if smaller > second[l] { smaller } else { second[l] };
+    };
+    let mut chunks = values.chunks_exact(LANES);
+    for chunk in &mut chunks {
+        for l in 0..LANES {
+            offer(l, chunk[l]);
+        }
+    }
+    for (l, &v) in chunks.remainder().iter().enumerate() {
+        offer(l, v);
+    }
+    let best = lane_max(&first);
+    let best_lane = first.iter().position(|&v| v == best).unwrap_or(0);
+    first[best_lane] = second[best_lane];
+    let runner_up = lane_max(&first).max_of(lane_max(&second));
+    let best_id = first_equal(values, best);
+    let runner_up_id = if runner_up == best {
+        best_id + 1 + first_equal(&values[best_id + 1..], best)
+    } else {
+        first_equal(values, runner_up)
+    };
+    ids[0] = best_id as i32;
+    ids[1] = runner_up_id as i32;
+}
+
+/// The maximum over LANES interleaved partial maxima (no NaN in `values`).
+#[inline(always)]
+fn lane_max<F: Accum>(values: &[F]) -> F {
+    let mut lanes = [F::NEG_INFINITY; LANES];
+    let mut chunks = values.chunks_exact(LANES);
+    for chunk in &mut chunks {
+        for l in 0..LANES {
+            lanes[l] = if chunk[l] > lanes[l] { chunk[l] } else { lanes[l] };
+        }
+    }
+    for (l, &v) in chunks.remainder().iter().enumerate() {
+        lanes[l] = if v > lanes[l] { v } else { lanes[l] };
+    }
+    let mut m = F::NEG_INFINITY;
+    for v in lanes {
+        m = if v > m { v } else { m };
+    }
+    m
+}
+
+/// The first index holding `target`, found block by block with a vectorized compare.
+#[inline(always)]
+fn first_equal<F: Accum>(values: &[F], target: F) -> usize {
+    const BLOCK: usize = 8;
+    let mut chunks = values.chunks_exact(BLOCK);
+    for (b, chunk) in (&mut chunks).enumerate() {
+        if chunk.iter().fold(false, |any, &v| any | (v == target)) {
+            return b * BLOCK + chunk.iter().position(|&v| v == target).unwrap_or(0);
+        }
+    }
+    let start = values.len() - chunks.remainder().len();
+    start + chunks.remainder().iter().position(|&v| v == target).unwrap_or(0)
 }
 
 /// Group-limited routing: keeps the `topk_groups` groups with the largest sum of their top
@@ -84,14 +126,15 @@ pub fn mask_groups<F: Accum>(
     limit: GroupLimit,
     per_group: usize,
     group_scores: &mut Vec<F>,
-    scratch: &mut Vec<usize>,
+    scratch: &mut Vec<F>,
+    order: &mut Vec<usize>,
 ) {
     let group_size = values.len() / limit.num_groups;
     group_scores.clear();
     let mut picked = vec![0i32; per_group];
     for g in 0..limit.num_groups {
         let members = &values[g * group_size..(g + 1) * group_size];
-        top_k(members, &mut picked, scratch);
+        top_k(members, &mut picked, scratch, order);
         let mut sum = F::ZERO;
         for &i in &picked {
             sum += members[i as usize];
@@ -99,7 +142,7 @@ pub fn mask_groups<F: Accum>(
         group_scores.push(sum);
     }
     let mut kept_groups = vec![0i32; limit.topk_groups];
-    top_k(group_scores, &mut kept_groups, scratch);
+    top_k(group_scores, &mut kept_groups, scratch, order);
     let mut keep = vec![false; limit.num_groups];
     kept_groups.iter().for_each(|&g| keep[g as usize] = true);
     for (g, chunk) in values.chunks_mut(group_size).enumerate() {
@@ -123,10 +166,10 @@ mod tests {
     #[test]
     fn ties_go_to_the_lower_index() {
         let mut ids = [0i32; 2];
-        top_k(&[1.0f32, 2.0, 2.0, 2.0], &mut ids, &mut Vec::new());
+        top_k(&[1.0f32, 2.0, 2.0, 2.0], &mut ids, &mut Vec::new(), &mut Vec::new());
         assert_eq!(ids, [1, 2]);
         let mut ids = [0i32; 9];
-        top_k(&[0.5f32; 12], &mut ids, &mut Vec::new());
+        top_k(&[0.5f32; 12], &mut ids, &mut Vec::new(), &mut Vec::new());
         assert_eq!(ids, [0, 1, 2, 3, 4, 5, 6, 7, 8]);
     }
 
@@ -134,7 +177,7 @@ mod tests {
     fn groups_mask_all_but_the_best() {
         // groups: [0,1] sum-of-top1 = 0.9, [2,3] = 0.5, [4,5] = 0.9 → keep groups 0 and 2 (tie → lower).
         let mut v = vec![0.9f32, 0.1, 0.5, 0.4, 0.2, 0.9];
-        mask_groups(&mut v, GroupLimit { num_groups: 3, topk_groups: 2 }, 1, &mut Vec::new(), &mut Vec::new());
+        mask_groups(&mut v, GroupLimit { num_groups: 3, topk_groups: 2 }, 1, &mut Vec::new(), &mut Vec::new(), &mut Vec::new());
         assert_eq!(v[2], f32::NEG_INFINITY);
         assert_eq!(v[3], f32::NEG_INFINITY);
         assert_eq!(v[5], 0.9);
@@ -146,7 +189,7 @@ mod tests {
             let values: Vec<f32> = values.into_iter().map(f32::from).collect();
             let k = 1 + k_seed % values.len();
             let mut ids = vec![0i32; k];
-            top_k(&values, &mut ids, &mut Vec::new());
+            top_k(&values, &mut ids, &mut Vec::new(), &mut Vec::new());
             prop_assert_eq!(ids, naive_top_k(&values, k));
         }
     }

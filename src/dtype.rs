@@ -135,7 +135,12 @@ impl Activation for bf16 {
     }
     #[inline(always)]
     fn from_acc(v: f32) -> Self {
-        bf16::from_f32(v)
+        // Round to nearest even on the top 16 bits; NaN stays a (quiet) NaN. Branch-free, so
+        // conversion loops vectorize (half's from_f32 does not).
+        let bits = v.to_bits();
+        let rounded = bits.wrapping_add(0x7FFF + ((bits >> 16) & 1)) >> 16;
+        let is_nan = (bits & 0x7FFF_FFFF) > 0x7F80_0000;
+        bf16::from_bits(if is_nan { (bits >> 16) as u16 | 0x0040 } else { rounded as u16 })
     }
 }
 
@@ -164,6 +169,27 @@ impl DType {
             Self::F64 => "float64",
             Self::F16 => "float16",
             Self::BF16 => "bfloat16",
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn bf16_rounding_matches_half() {
+        let mut x = 0x0000_0001u32;
+        while x < 0xFFFF_F000 {
+            let v = f32::from_bits(x);
+            let ours = <bf16 as Activation>::from_acc(v);
+            let reference = bf16::from_f32(v);
+            if v.is_nan() {
+                assert!(ours.is_nan());
+            } else {
+                assert_eq!(ours.to_bits(), reference.to_bits(), "{v:e}");
+            }
+            x = x.wrapping_add(0x0000_7A31);
         }
     }
 }

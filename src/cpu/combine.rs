@@ -30,21 +30,30 @@ pub fn combine<A: Activation>(
             let mut acc = vec![<A::Acc as Accum>::ZERO; hidden];
             for (i, (y_row, d_row)) in y_chunk.chunks_exact_mut(hidden).zip(dest_chunk.chunks_exact(slots)).enumerate() {
                 let first_slot = (task * TOKENS_PER_TASK + i) * slots;
-                acc.fill(<A::Acc as Accum>::ZERO);
-                for (s, &d) in d_row.iter().enumerate() {
-                    if d < 0 {
-                        continue;
-                    }
-                    let row = &rows[d as usize * hidden..(d as usize + 1) * hidden];
-                    match weights {
-                        Some(w) => {
-                            let w = w[first_slot + s];
-                            acc.iter_mut().zip(row).for_each(|(a, &v)| *a += w * v.to_acc());
-                        }
-                        None => acc.iter_mut().zip(row).for_each(|(a, &v)| *a += v.to_acc()),
+                let weight = |s: usize| weights.map_or(<A::Acc as Accum>::ONE, |w| w[first_slot + s]);
+                let row = |d: i32| &rows[d as usize * hidden..(d as usize + 1) * hidden];
+                let mut kept = d_row.iter().enumerate().filter(|&(_, &d)| d >= 0).peekable();
+                // Sum from zero in slot order (0 + w·v keeps the contract's sign of zero); the
+                // last kept slot writes the output directly.
+                let zero = <A::Acc as Accum>::ZERO;
+                let Some((s0, &d0)) = kept.next() else {
+                    y_row.fill(A::ZERO);
+                    continue;
+                };
+                let w0 = weight(s0);
+                if kept.peek().is_none() {
+                    y_row.iter_mut().zip(row(d0)).for_each(|(o, &v)| *o = A::from_acc(zero + w0 * v.to_acc()));
+                    continue;
+                }
+                acc.iter_mut().zip(row(d0)).for_each(|(a, &v)| *a = zero + w0 * v.to_acc());
+                while let Some((s, &d)) = kept.next() {
+                    let w = weight(s);
+                    if kept.peek().is_some() {
+                        acc.iter_mut().zip(row(d)).for_each(|(a, &v)| *a += w * v.to_acc());
+                    } else {
+                        y_row.iter_mut().zip(acc.iter().zip(row(d))).for_each(|(o, (&a, &v))| *o = A::from_acc(a + w * v.to_acc()));
                     }
                 }
-                y_row.iter_mut().zip(&acc).for_each(|(o, &a)| *o = A::from_acc(a));
             }
         },
     );

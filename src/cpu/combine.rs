@@ -3,6 +3,7 @@
 
 use rayon::prelude::*;
 
+use crate::cpu::simd::{dispatch, Body};
 use crate::dtype::{Accum, Activation};
 use crate::error::{Error, Result};
 
@@ -27,37 +28,60 @@ pub fn combine<A: Activation>(
     }
     y.par_chunks_mut(TOKENS_PER_TASK * hidden).zip(dest.par_chunks(TOKENS_PER_TASK * slots)).enumerate().for_each(
         |(task, (y_chunk, dest_chunk))| {
-            let mut acc = vec![<A::Acc as Accum>::ZERO; hidden];
-            for (i, (y_row, d_row)) in y_chunk.chunks_exact_mut(hidden).zip(dest_chunk.chunks_exact(slots)).enumerate() {
-                let first_slot = (task * TOKENS_PER_TASK + i) * slots;
-                let weight = |s: usize| weights.map_or(<A::Acc as Accum>::ONE, |w| w[first_slot + s]);
-                let row = |d: i32| &rows[d as usize * hidden..(d as usize + 1) * hidden];
-                let mut kept = d_row.iter().enumerate().filter(|&(_, &d)| d >= 0).peekable();
-                // Sum from zero in slot order (0 + w·v keeps the contract's sign of zero); the
-                // last kept slot writes the output directly.
-                let zero = <A::Acc as Accum>::ZERO;
-                let Some((s0, &d0)) = kept.next() else {
-                    y_row.fill(A::ZERO);
-                    continue;
-                };
-                let w0 = weight(s0);
-                if kept.peek().is_none() {
-                    y_row.iter_mut().zip(row(d0)).for_each(|(o, &v)| *o = A::from_acc(zero + w0 * v.to_acc()));
-                    continue;
-                }
-                acc.iter_mut().zip(row(d0)).for_each(|(a, &v)| *a = zero + w0 * v.to_acc());
-                while let Some((s, &d)) = kept.next() {
-                    let w = weight(s);
-                    if kept.peek().is_some() {
-                        acc.iter_mut().zip(row(d)).for_each(|(a, &v)| *a += w * v.to_acc());
-                    } else {
-                        y_row.iter_mut().zip(acc.iter().zip(row(d))).for_each(|(o, (&a, &v))| *o = A::from_acc(a + w * v.to_acc()));
-                    }
-                }
-            }
+            let first_slot = task * TOKENS_PER_TASK * slots;
+            dispatch(CombineTask { rows, hidden, slots, dest: dest_chunk, weights, first_slot, y: y_chunk });
         },
     );
     Ok(())
+}
+
+/// One task of combine: a chunk of tokens and their output rows.
+struct CombineTask<'a, A: Activation> {
+    rows: &'a [A],
+    hidden: usize,
+    slots: usize,
+    /// dest of this chunk's tokens.
+    dest: &'a [i32],
+    weights: Option<&'a [A::Acc]>,
+    /// Index of this chunk's first slot in `weights`.
+    first_slot: usize,
+    y: &'a mut [A],
+}
+
+impl<A: Activation> Body for CombineTask<'_, A> {
+    type Output = ();
+    #[inline(always)]
+    fn run(self) {
+        let CombineTask { rows, hidden, slots, dest, weights, first_slot, y } = self;
+        let mut acc = vec![<A::Acc as Accum>::ZERO; hidden];
+        for (i, (y_row, d_row)) in y.chunks_exact_mut(hidden).zip(dest.chunks_exact(slots)).enumerate() {
+            let token_slot = first_slot + i * slots;
+            let weight = |s: usize| weights.map_or(<A::Acc as Accum>::ONE, |w| w[token_slot + s]);
+            let row = |d: i32| &rows[d as usize * hidden..(d as usize + 1) * hidden];
+            let mut kept = d_row.iter().enumerate().filter(|&(_, &d)| d >= 0).peekable();
+            // Sum from zero in slot order (0 + w·v keeps the contract's sign of zero); the last
+            // kept slot writes the output directly.
+            let zero = <A::Acc as Accum>::ZERO;
+            let Some((s0, &d0)) = kept.next() else {
+                y_row.fill(A::ZERO);
+                continue;
+            };
+            let w0 = weight(s0);
+            if kept.peek().is_none() {
+                y_row.iter_mut().zip(row(d0)).for_each(|(o, &v)| *o = A::from_acc(zero + w0 * v.to_acc()));
+                continue;
+            }
+            acc.iter_mut().zip(row(d0)).for_each(|(a, &v)| *a = zero + w0 * v.to_acc());
+            while let Some((s, &d)) = kept.next() {
+                let w = weight(s);
+                if kept.peek().is_some() {
+                    acc.iter_mut().zip(row(d)).for_each(|(a, &v)| *a += w * v.to_acc());
+                } else {
+                    y_row.iter_mut().zip(acc.iter().zip(row(d))).for_each(|(o, (&a, &v))| *o = A::from_acc(a + w * v.to_acc()));
+                }
+            }
+        }
+    }
 }
 
 /// Every dest entry must be -1 (dropped / unused) or a row index.

@@ -5,6 +5,7 @@ use rayon::prelude::*;
 
 use crate::cpu::combine::check_dest;
 use crate::cpu::permute::check_src;
+use crate::cpu::simd::{dispatch, Body};
 use crate::dtype::{Accum, Activation};
 use crate::error::{Error, Result};
 
@@ -50,17 +51,7 @@ pub fn combine_backward<A: Activation>(
         .collect::<Result<_>>()?;
     if hidden > 0 {
         grad_yp.par_chunks_mut(ROWS_PER_TASK * hidden).zip(row_slot.par_chunks(ROWS_PER_TASK)).zip(src.par_chunks(ROWS_PER_TASK)).for_each(
-            |((out, slot_of_row), src_rows)| {
-                for ((row_out, &slot), &t) in out.chunks_exact_mut(hidden).zip(slot_of_row).zip(src_rows) {
-                    if slot < 0 {
-                        row_out.fill(A::ZERO);
-                        continue;
-                    }
-                    let w = weights[slot as usize];
-                    let g = &grad_y[t as usize * hidden..(t as usize + 1) * hidden];
-                    row_out.iter_mut().zip(g).for_each(|(o, &v)| *o = A::from_acc(w * v.to_acc()));
-                }
-            },
+            |((out, slot_of_row), src_rows)| dispatch(ScaleRows { grad_y, hidden, weights, slot_of_row, src_rows, out }),
         );
     }
     if slots == 0 {
@@ -68,19 +59,72 @@ pub fn combine_backward<A: Activation>(
     }
     grad_w.par_chunks_mut(TOKENS_PER_TASK * slots).zip(dest.par_chunks(TOKENS_PER_TASK * slots)).enumerate().for_each(
         |(task, (gw_chunk, dest_chunk))| {
-            for (i, (gw_row, d_row)) in gw_chunk.chunks_exact_mut(slots).zip(dest_chunk.chunks_exact(slots)).enumerate() {
-                let t = task * TOKENS_PER_TASK + i;
-                let g = &grad_y[t * hidden..(t + 1) * hidden];
-                for (gw, &d) in gw_row.iter_mut().zip(d_row) {
-                    *gw = if d < 0 { <A::Acc as Accum>::ZERO } else { dot(g, &yp[d as usize * hidden..(d as usize + 1) * hidden]) };
-                }
-            }
+            let first_token = task * TOKENS_PER_TASK;
+            dispatch(WeightGrads { grad_y, yp, hidden, slots, first_token, dest: dest_chunk, out: gw_chunk })
         },
     );
     Ok(())
 }
 
+/// grad_yp rows of one task: w[slot of row] · grad_y[src[row]], padding rows zero.
+struct ScaleRows<'a, A: Activation> {
+    grad_y: &'a [A],
+    hidden: usize,
+    weights: &'a [A::Acc],
+    slot_of_row: &'a [i64],
+    src_rows: &'a [i32],
+    out: &'a mut [A],
+}
+
+impl<A: Activation> Body for ScaleRows<'_, A> {
+    type Output = ();
+    #[inline(always)]
+    fn run(self) {
+        let hidden = self.hidden;
+        for ((row_out, &slot), &t) in self.out.chunks_exact_mut(hidden).zip(self.slot_of_row).zip(self.src_rows) {
+            if slot < 0 {
+                row_out.fill(A::ZERO);
+                continue;
+            }
+            let w = self.weights[slot as usize];
+            let g = &self.grad_y[t as usize * hidden..(t as usize + 1) * hidden];
+            row_out.iter_mut().zip(g).for_each(|(o, &v)| *o = A::from_acc(w * v.to_acc()));
+        }
+    }
+}
+
+/// grad_w of one task's tokens: ⟨grad_y[t], yp[dest[t,s]]⟩, zero where dest < 0.
+struct WeightGrads<'a, A: Activation> {
+    grad_y: &'a [A],
+    yp: &'a [A],
+    hidden: usize,
+    slots: usize,
+    first_token: usize,
+    dest: &'a [i32],
+    out: &'a mut [A::Acc],
+}
+
+impl<A: Activation> Body for WeightGrads<'_, A> {
+    type Output = ();
+    #[inline(always)]
+    fn run(self) {
+        let (hidden, slots) = (self.hidden, self.slots);
+        for (i, (gw_row, d_row)) in self.out.chunks_exact_mut(slots).zip(self.dest.chunks_exact(slots)).enumerate() {
+            let t = self.first_token + i;
+            let g = &self.grad_y[t * hidden..(t + 1) * hidden];
+            for (gw, &d) in gw_row.iter_mut().zip(d_row) {
+                *gw = if d < 0 {
+                    <A::Acc as Accum>::ZERO
+                } else {
+                    dot(g, &self.yp[d as usize * hidden..(d as usize + 1) * hidden])
+                };
+            }
+        }
+    }
+}
+
 /// ⟨a, b⟩ in the accumulation type, with DOT_LANES interleaved partial sums added in a fixed order.
+#[inline(always)]
 fn dot<A: Activation>(a: &[A], b: &[A]) -> A::Acc {
     let mut lanes = [<A::Acc as Accum>::ZERO; DOT_LANES];
     let mut a_chunks = a.chunks_exact(DOT_LANES);

@@ -3,6 +3,7 @@
 use rayon::prelude::*;
 
 use crate::cpu::scores::{score_row, ScoreMath};
+use crate::cpu::simd::{dispatch, Body};
 use crate::dtype::{Accum, Activation};
 use crate::error::{Error, Result};
 use crate::routing::capacity::{check_num_tokens, expert_choice_capacity, num_rows, Layout};
@@ -102,18 +103,35 @@ where
         .par_chunks_mut(TOKENS_PER_TASK * num_experts)
         .zip(logits.par_chunks(TOKENS_PER_TASK * num_experts))
         .enumerate()
-        .map(|(task, (p, l))| {
-            for (i, (p_row, l_row)) in p.chunks_mut(num_experts).zip(l.chunks(num_experts)).enumerate() {
-                score_row(l_row, p_row, ScoreFunction::Softmax)
-                    .map_err(|bad| (task * TOKENS_PER_TASK + i, bad.problem()))?;
-            }
-            Ok(())
-        })
+        .map(|(task, (p, l))| dispatch(SoftmaxTask { first_token: task * TOKENS_PER_TASK, num_experts, logits: l, probs: p }))
         .collect();
     if let Some(&Err((token, problem))) = outcomes.iter().find(|o| o.is_err()) {
         return Err(Error::Logits { arg: "logits", problem, token });
     }
     Ok(probs)
+}
+
+/// Softmax of one task's rows; Err holds the first bad token.
+struct SoftmaxTask<'a, L: Activation> {
+    first_token: usize,
+    num_experts: usize,
+    logits: &'a [L],
+    probs: &'a mut [L::Acc],
+}
+
+impl<L: Activation> Body for SoftmaxTask<'_, L>
+where
+    L::Acc: ScoreMath,
+{
+    type Output = std::result::Result<(), (usize, &'static str)>;
+    #[inline(always)]
+    fn run(self) -> Self::Output {
+        let e = self.num_experts;
+        for (i, (p_row, l_row)) in self.probs.chunks_mut(e).zip(self.logits.chunks(e)).enumerate() {
+            score_row(l_row, p_row, ScoreFunction::Softmax).map_err(|bad| (self.first_token + i, bad.problem()))?;
+        }
+        Ok(())
+    }
 }
 
 #[cfg(test)]

@@ -4,6 +4,7 @@ use rayon::prelude::*;
 
 use crate::cpu::scores::{score_row, ScoreMath};
 use crate::cpu::select::{mask_groups, top_k};
+use crate::cpu::simd::{dispatch, Body};
 use crate::dtype::{Accum, Activation};
 use crate::error::{Error, Result};
 use crate::routing::{GroupLimit, ScoreFunction};
@@ -39,30 +40,25 @@ struct Rows<'a, L: Activation> {
 /// Ok, or the first bad token and what is wrong with it.
 type RowsOutcome = std::result::Result<(), (usize, &'static str)>;
 
-/// Runs `gate_rows` compiled for AVX2 where the CPU has it (same IEEE operations in the same
-/// order, so the same bits), else for the baseline.
-fn gate_rows_dispatch<L: Activation>(rows: Rows<L>, spec: &GateSpec<L::Acc>, e_count: usize) -> RowsOutcome
+/// One task of gating: its rows, the spec and the number of experts.
+struct GateTask<'a, L: Activation> {
+    rows: Rows<'a, L>,
+    spec: &'a GateSpec<'a, L::Acc>,
+    e_count: usize,
+}
+
+impl<L: Activation> Body for GateTask<'_, L>
 where
     L::Acc: ScoreMath,
 {
-    #[cfg(target_arch = "x86_64")]
-    if std::is_x86_feature_detected!("avx2") {
-        // SAFETY: the CPU supports AVX2, checked just above.
-        return unsafe { gate_rows_avx2(rows, spec, e_count) };
+    type Output = RowsOutcome;
+    /// Scores, masks and selects for each token of one task.
+    #[inline(always)]
+    fn run(self) -> RowsOutcome {
+        gate_rows(self.rows, self.spec, self.e_count)
     }
-    gate_rows(rows, spec, e_count)
 }
 
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx2")]
-fn gate_rows_avx2<L: Activation>(rows: Rows<L>, spec: &GateSpec<L::Acc>, e_count: usize) -> RowsOutcome
-where
-    L::Acc: ScoreMath,
-{
-    gate_rows(rows, spec, e_count)
-}
-
-/// Scores, masks and selects for each token of one task.
 #[inline(always)]
 fn gate_rows<L: Activation>(rows: Rows<L>, spec: &GateSpec<L::Acc>, e_count: usize) -> RowsOutcome
 where
@@ -124,7 +120,7 @@ where
         .map(|(task, ((probs, ids), picked))| {
             let first_token = task * TOKENS_PER_TASK;
             let rows = Rows { logits, first_token, probs, ids, picked };
-            gate_rows_dispatch(rows, spec, e_count)
+            dispatch(GateTask { rows, spec, e_count })
         })
         .collect();
     if let Some(&Err((token, problem))) = outcomes.iter().find(|o| o.is_err()) {

@@ -12,4 +12,5 @@ pub mod route;
 pub mod route_backward;
 pub mod scores;
 pub mod select;
+pub mod simd;
 pub mod token_plan;

@@ -64,9 +64,7 @@ fn top_2<F: Accum>(values: &[F], ids: &mut [i32]) {
     };
     let mut chunks = values.chunks_exact(LANES);
     for chunk in &mut chunks {
-        for l in 0..LANES {
-            offer(l, chunk[l]);
-        }
+        chunk.iter().enumerate().for_each(|(l, &v)| offer(l, v));
     }
     for (l, &v) in chunks.remainder().iter().enumerate() {
         offer(l, v);

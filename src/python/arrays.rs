@@ -120,9 +120,9 @@ pub fn expect_shape(arg: &'static str, got: &[usize], expected: &[Option<usize>]
     Err(Error::Shape { arg, got: got.to_vec(), expected: format!("[{}]", dims.join(", ")) }.into())
 }
 
-/// A new zero-filled array (calloc: pages are faulted in by the kernel's threads).
-pub fn zeros<'py, T: Element>(py: Python<'py>, shape: &[usize]) -> Bound<'py, PyArrayDyn<T>> {
-    PyArrayDyn::<T>::zeros(py, shape, false)
+/// A new output array from the buffer pool; the kernel writing it must set every element.
+pub fn output<'py, T: Element>(py: Python<'py>, shape: &[usize]) -> PyResult<Bound<'py, PyArrayDyn<T>>> {
+    super::buffer_pool::output(py, shape)
 }
 
 /// The mutable slice of an output array this module just created (C-contiguous, unshared).

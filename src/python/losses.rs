@@ -3,7 +3,7 @@
 use numpy::{PyArrayMethods, PyUntypedArrayMethods};
 use pyo3::prelude::*;
 
-use super::arrays::{expect_shape, input, output_slice, slice, zeros};
+use super::arrays::{expect_shape, input, output_slice, slice, output};
 use super::errors::run_kernel;
 use crate::cpu;
 use crate::error::Error;
@@ -28,7 +28,7 @@ fn noisy_load_probs<'py>(
         return Err(Error::Argument { arg: "k", got: k.to_string(), expected: format!("an integer in [1, {e}] (the number of experts)") }.into());
     }
     let (clean, noisy, std) = (slice(&clean, "clean_logits")?, slice(&noisy, "noisy_logits")?, slice(&std, "noise_std")?);
-    let out = zeros::<f64>(py, &[t, e]);
+    let out = output::<f64>(py, &[t, e])?;
     let mut guard = out.readwrite();
     let probs = output_slice(&mut guard)?;
     run_kernel(py, || cpu::noisy_load::noisy_load_probs(clean, noisy, std, e, k, probs))?;

@@ -2,6 +2,7 @@
 //! the GIL around every kernel, and maps core errors to moeroute's Python exceptions.
 
 mod arrays;
+mod buffer_pool;
 mod errors;
 mod losses;
 mod ops;
@@ -28,6 +29,9 @@ fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add("__version__", env!("CARGO_PKG_VERSION"))?;
     m.add_function(wrap_pyfunction!(set_num_threads, m)?)?;
     m.add_function(wrap_pyfunction!(get_num_threads, m)?)?;
+    m.add_function(wrap_pyfunction!(buffer_pool::set_buffer_cache_limit, m)?)?;
+    m.add_function(wrap_pyfunction!(buffer_pool::buffer_cache_info, m)?)?;
+    m.add_class::<buffer_pool::PooledBuffer>()?;
     routing::register(m)?;
     ops::register(m)?;
     losses::register(m)?;

@@ -3,7 +3,7 @@
 use numpy::{PyArrayMethods, PyUntypedArrayMethods};
 use pyo3::prelude::*;
 
-use super::arrays::{dtype, expect_shape, input, output_slice, slice, with_activation, zeros, Stored};
+use super::arrays::{dtype, expect_shape, input, output_slice, slice, with_activation, output, Stored};
 use super::errors::run_kernel;
 use crate::cpu;
 use crate::dtype::Activation;
@@ -18,7 +18,7 @@ fn permute<'py>(py: Python<'py>, x: &Bound<'py, PyAny>, dtype_name: &str, src: &
         expect_shape("plan.src", src.shape(), &[None])?;
         let (t, h, r) = (x.shape()[0], x.shape()[1], src.shape()[0]);
         let (x, src) = (A::view(slice(&x, "x")?), slice(&src, "plan.src")?);
-        let out = zeros::<<A as Stored>::Storage>(py, &[r, h]);
+        let out = output::<<A as Stored>::Storage>(py, &[r, h])?;
         let mut guard = out.readwrite();
         let xp = A::view_mut(output_slice(&mut guard)?);
         run_kernel(py, || cpu::permute::permute(x, t, h, src, <A as Activation>::ZERO, xp))?;
@@ -49,7 +49,7 @@ fn gather_sum<'py>(
         }
         let weights = weights.as_ref().map(|w| slice(w, "weights")).transpose()?;
         let (rows, dest) = (A::view(slice(&rows, rows_arg)?), slice(&dest, "plan.dest")?);
-        let out = zeros::<<A as Stored>::Storage>(py, &[t, h]);
+        let out = output::<<A as Stored>::Storage>(py, &[t, h])?;
         let mut guard = out.readwrite();
         let y = A::view_mut(output_slice(&mut guard)?);
         run_kernel(py, || cpu::combine::combine(rows, r, h, dest, s, weights, y))?;
@@ -109,8 +109,8 @@ fn combine_backward<'py>(
         expect_shape("weights", weights.shape(), &[Some(t), Some(s)])?;
         let (grad_y, yp) = (A::view(slice(&grad_y, "grad_y")?), A::view(slice(&yp, "yp")?));
         let (dest, src, weights) = (slice(&dest, "plan.dest")?, slice(&src, "plan.src")?, slice(&weights, "weights")?);
-        let grad_yp_out = zeros::<<A as Stored>::Storage>(py, &[r, h]);
-        let grad_w_out = zeros::<<A as Activation>::Acc>(py, &[t, s]);
+        let grad_yp_out = output::<<A as Stored>::Storage>(py, &[r, h])?;
+        let grad_w_out = output::<<A as Activation>::Acc>(py, &[t, s])?;
         let mut yp_guard = grad_yp_out.readwrite();
         let mut w_guard = grad_w_out.readwrite();
         let grad_yp = A::view_mut(output_slice(&mut yp_guard)?);

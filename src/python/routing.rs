@@ -4,7 +4,7 @@ use numpy::{Element, PyArrayMethods, PyUntypedArrayMethods};
 use pyo3::prelude::*;
 use pyo3::types::PyDict;
 
-use super::arrays::{dtype, expect_shape, from_vec, input, output_slice, slice, with_activation, zeros, Stored};
+use super::arrays::{dtype, expect_shape, from_vec, input, output_slice, slice, with_activation, output, Stored};
 use super::errors::run_kernel;
 use crate::cpu;
 use crate::cpu::route_backward::WeightsGraph;
@@ -140,7 +140,7 @@ fn route_backward_typed<'py, F: Accum + Element>(
         scale,
     };
     let grad_w = slice(&grad_weights, "grad_weights")?;
-    let out = zeros::<F>(py, &[t, e]);
+    let out = output::<F>(py, &[t, e])?;
     let mut guard = out.readwrite();
     let grad_logits = output_slice(&mut guard)?;
     run_kernel(py, || cpu::route_backward::route_backward(&graph, grad_w, grad_logits))?;

@@ -1,5 +1,7 @@
 //! Token-choice gating: scores, selection bias, group limiting and top-k for every token, in parallel.
 
+use std::mem::MaybeUninit;
+
 use rayon::prelude::*;
 
 use crate::cpu::scores::{score_row, ScoreMath};
@@ -32,7 +34,7 @@ pub struct Gate<F> {
 struct Rows<'a, L: Activation> {
     logits: &'a [L],
     first_token: usize,
-    probs: &'a mut [L::Acc],
+    probs: &'a mut [MaybeUninit<L::Acc>],
     ids: &'a mut [i32],
     picked: &'a mut [L::Acc],
 }
@@ -67,20 +69,24 @@ where
     let k = spec.top_k;
     let per_group = spec.groups.map(|g| (k / g.topk_groups).max(1)).unwrap_or(0);
     let mut selection = Vec::with_capacity(e_count);
+    let mut p_row = vec![<L::Acc as Accum>::ZERO; e_count];
     let (mut scratch, mut order, mut group_scores) = (Vec::new(), Vec::new(), Vec::new());
-    for (i, ((p_row, id_row), pick_row)) in
+    for (i, ((p_out, id_row), pick_row)) in
         rows.probs.chunks_mut(e_count).zip(rows.ids.chunks_mut(k)).zip(rows.picked.chunks_mut(k)).enumerate()
     {
         let t = rows.first_token + i;
         let l_row = &rows.logits[t * e_count..(t + 1) * e_count];
-        score_row(l_row, p_row, spec.score).map_err(|bad| (t, bad.problem()))?;
+        score_row(l_row, &mut p_row, spec.score).map_err(|bad| (t, bad.problem()))?;
+        p_out.iter_mut().zip(&p_row).for_each(|(o, &p)| {
+            o.write(p);
+        });
         let sel: &[L::Acc] = if spec.bias.is_none() && spec.groups.is_none() {
-            p_row
+            &p_row
         } else {
             selection.clear();
             match spec.bias {
                 Some(b) => selection.extend(p_row.iter().zip(b).map(|(&p, &b)| p + b)),
-                None => selection.extend_from_slice(p_row),
+                None => selection.extend_from_slice(&p_row),
             }
             if let Some(limit) = spec.groups {
                 mask_groups(&mut selection, limit, per_group, &mut group_scores, &mut scratch, &mut order);
@@ -106,13 +112,15 @@ where
     L::Acc: ScoreMath,
 {
     let (e_count, k) = (num_experts, spec.top_k);
-    let mut probs = vec![<L::Acc as Accum>::ZERO; num_tokens * e_count];
+    // probs is written row by row without being zeroed first (a 4 MB memset would be a serial
+    // pass as long as the scoring itself); its length is set once every row is written.
+    let mut probs: Vec<L::Acc> = Vec::with_capacity(num_tokens * e_count);
     let mut expert_ids = vec![0i32; num_tokens * k];
     let mut picked_scores = vec![<L::Acc as Accum>::ZERO; num_tokens * k];
     if num_tokens == 0 {
         return Ok(Gate { expert_ids, picked_scores, probs });
     }
-    let outcomes: Vec<RowsOutcome> = probs
+    let outcomes: Vec<RowsOutcome> = probs.spare_capacity_mut()[..num_tokens * e_count]
         .par_chunks_mut(TOKENS_PER_TASK * e_count)
         .zip(expert_ids.par_chunks_mut(TOKENS_PER_TASK * k))
         .zip(picked_scores.par_chunks_mut(TOKENS_PER_TASK * k))
@@ -126,5 +134,8 @@ where
     if let Some(&Err((token, problem))) = outcomes.iter().find(|o| o.is_err()) {
         return Err(Error::Logits { arg: "logits", problem, token });
     }
+    // SAFETY: every task returned Ok, and a task returns Ok only after writing every one of its
+    // rows of `probs`; the tasks cover all num_tokens * e_count entries of the capacity.
+    unsafe { probs.set_len(num_tokens * e_count) };
     Ok(Gate { expert_ids, picked_scores, probs })
 }

@@ -43,17 +43,18 @@ const LANES: usize = 16;
 
 /// (max, any NaN) of a row, over LANES interleaved partial maxima.
 #[inline(always)]
+#[allow(clippy::needless_range_loop)] // lane-indexed loops are what vectorizes
 fn max_and_nan<F: Accum>(values: &[F]) -> (F, bool) {
     let mut max = [F::NEG_INFINITY; LANES];
     let mut nan = [false; LANES];
-    let mut chunks = values.chunks_exact(LANES);
-    for chunk in &mut chunks {
+    let (blocks, tail) = values.as_chunks::<LANES>();
+    for block in blocks {
         for l in 0..LANES {
-            nan[l] |= chunk[l].is_nan();
-            max[l] = if chunk[l] > max[l] { chunk[l] } else { max[l] };
+            nan[l] |= block[l].is_nan();
+            max[l] = if block[l] > max[l] { block[l] } else { max[l] };
         }
     }
-    for (l, &v) in chunks.remainder().iter().enumerate() {
+    for (l, &v) in tail.iter().enumerate() {
         nan[l] |= v.is_nan();
         max[l] = if v > max[l] { v } else { max[l] };
     }
@@ -66,15 +67,16 @@ fn max_and_nan<F: Accum>(values: &[F]) -> (F, bool) {
 
 /// Sum of a row over LANES interleaved partial sums, added in a fixed order.
 #[inline(always)]
+#[allow(clippy::needless_range_loop)]
 fn lane_sum<F: Accum>(values: &[F]) -> F {
     let mut acc = [F::ZERO; LANES];
-    let mut chunks = values.chunks_exact(LANES);
-    for chunk in &mut chunks {
+    let (blocks, tail) = values.as_chunks::<LANES>();
+    for block in blocks {
         for l in 0..LANES {
-            acc[l] += chunk[l];
+            acc[l] += block[l];
         }
     }
-    for (l, &v) in chunks.remainder().iter().enumerate() {
+    for (l, &v) in tail.iter().enumerate() {
         acc[l] += v;
     }
     let mut sum = F::ZERO;

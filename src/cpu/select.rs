@@ -51,23 +51,27 @@ fn top_k_by_argmax<F: Accum>(values: &[F], ids: &mut [i32], scratch: &mut Vec<F>
 
 const LANES: usize = 8;
 
+#[allow(clippy::needless_range_loop)] // lane-indexed loops are what vectorizes
 /// k = 2 in one branch-free pass: each lane keeps its two largest values; the best two values
 /// overall come from those 2 * LANES candidates, then their first indices are looked up.
 #[inline(always)]
 fn top_2<F: Accum>(values: &[F], ids: &mut [i32]) {
     let mut first = [F::NEG_INFINITY; LANES];
     let mut second = [F::NEG_INFINITY; LANES];
-    let mut offer = |l: usize, v: F| {
-        let smaller = if v > first[l] { first[l] } else { v };
-        first[l] = if v > first[l] { v } else { first[l] };
-        second[l] = if smaller > second[l] { smaller } else { second[l] };
-    };
-    let mut chunks = values.chunks_exact(LANES);
-    for chunk in &mut chunks {
-        chunk.iter().enumerate().for_each(|(l, &v)| offer(l, v));
+    let (blocks, tail) = values.as_chunks::<LANES>();
+    for block in blocks {
+        for l in 0..LANES {
+            let (v, top) = (block[l], first[l]);
+            let smaller = if v > top { top } else { v };
+            first[l] = if v > top { v } else { top };
+            second[l] = if smaller > second[l] { smaller } else { second[l] };
+        }
     }
-    for (l, &v) in chunks.remainder().iter().enumerate() {
-        offer(l, v);
+    for (l, &v) in tail.iter().enumerate() {
+        let top = first[l];
+        let smaller = if v > top { top } else { v };
+        first[l] = if v > top { v } else { top };
+        second[l] = if smaller > second[l] { smaller } else { second[l] };
     }
     let best = lane_max(&first);
     let best_lane = first.iter().position(|&v| v == best).unwrap_or(0);
@@ -84,16 +88,17 @@ fn top_2<F: Accum>(values: &[F], ids: &mut [i32]) {
 }
 
 /// The maximum over LANES interleaved partial maxima (no NaN in `values`).
+#[allow(clippy::needless_range_loop)]
 #[inline(always)]
 fn lane_max<F: Accum>(values: &[F]) -> F {
     let mut lanes = [F::NEG_INFINITY; LANES];
-    let mut chunks = values.chunks_exact(LANES);
-    for chunk in &mut chunks {
+    let (blocks, tail) = values.as_chunks::<LANES>();
+    for block in blocks {
         for l in 0..LANES {
-            lanes[l] = if chunk[l] > lanes[l] { chunk[l] } else { lanes[l] };
+            lanes[l] = if block[l] > lanes[l] { block[l] } else { lanes[l] };
         }
     }
-    for (l, &v) in chunks.remainder().iter().enumerate() {
+    for (l, &v) in tail.iter().enumerate() {
         lanes[l] = if v > lanes[l] { v } else { lanes[l] };
     }
     let mut m = F::NEG_INFINITY;

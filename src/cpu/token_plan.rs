@@ -203,7 +203,7 @@ mod tests {
         (0..t)
             .flat_map(|tok| {
                 let seed = seeds[tok % seeds.len()] as usize;
-                let step = if seed % 2 == 0 { 1 } else { e - 1 };
+                let step = if seed.is_multiple_of(2) { 1 } else { e - 1 };
                 (0..k).map(move |j| ((seed + j * step) % e) as i32)
             })
             .collect()

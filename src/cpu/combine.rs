@@ -5,7 +5,8 @@ use rayon::prelude::*;
 
 use crate::cpu::simd::{dispatch, Body};
 use crate::dtype::{Accum, Activation};
-use crate::error::{Error, Result};
+use crate::cpu::indices::check_dest;
+use crate::error::Result;
 
 /// Tokens per parallel task.
 const TOKENS_PER_TASK: usize = 16;
@@ -81,22 +82,6 @@ impl<A: Activation> Body for CombineTask<'_, A> {
                 }
             }
         }
-    }
-}
-
-/// Every dest entry must be -1 (dropped / unused) or a row index.
-pub fn check_dest(dest: &[i32], slots: usize, num_rows: usize) -> Result<()> {
-    match dest.iter().position(|&d| d < -1 || d as i64 >= num_rows as i64) {
-        None => Ok(()),
-        Some(i) => Err(Error::Plan {
-            arg: "plan.dest",
-            problem: format!(
-                "is {} at token {}, slot {}; expected -1 or a row in [0, {num_rows})",
-                dest[i],
-                i / slots.max(1),
-                i % slots.max(1)
-            ),
-        }),
     }
 }
 

@@ -3,8 +3,7 @@
 
 use rayon::prelude::*;
 
-use crate::cpu::combine::check_dest;
-use crate::cpu::permute::check_src;
+use crate::cpu::indices::{check_dest, check_src};
 use crate::cpu::simd::{dispatch, Body};
 use crate::dtype::{Accum, Activation};
 use crate::error::{Error, Result};

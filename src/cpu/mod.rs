@@ -6,6 +6,7 @@ pub mod combine_backward;
 pub mod expert_choice;
 pub mod fast_math;
 pub mod gating;
+pub mod indices;
 pub mod noisy_load;
 pub mod permute;
 pub mod route;

@@ -2,7 +2,8 @@
 
 use rayon::prelude::*;
 
-use crate::error::{Error, Result};
+use crate::cpu::indices::check_src;
+use crate::error::Result;
 
 /// Output rows per parallel task.
 const ROWS_PER_TASK: usize = 64;
@@ -32,17 +33,6 @@ pub fn permute<A: Copy + Send + Sync>(
         }
     });
     Ok(())
-}
-
-/// Every src entry must be -1 (padding) or a token index.
-pub fn check_src(src: &[i32], num_tokens: usize) -> Result<()> {
-    match src.iter().position(|&t| t < -1 || t as i64 >= num_tokens as i64) {
-        None => Ok(()),
-        Some(r) => Err(Error::Plan {
-            arg: "plan.src",
-            problem: format!("is {} at row {r}; expected -1 or a token index in [0, {num_tokens})", src[r]),
-        }),
-    }
 }
 
 #[cfg(test)]

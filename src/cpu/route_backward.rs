@@ -3,6 +3,7 @@
 
 use rayon::prelude::*;
 
+use crate::cpu::indices::check_expert_ids;
 use crate::dtype::Accum;
 use crate::error::Result;
 use crate::routing::{Normalize, ScoreFunction};
@@ -85,21 +86,6 @@ pub fn route_backward<F: Accum>(g: &WeightsGraph<F>, grad_w: &[F], grad_logits: 
         }
     });
     Ok(())
-}
-
-fn check_expert_ids(expert_ids: &[i32], slots: usize, num_experts: usize) -> Result<()> {
-    match expert_ids.iter().position(|&e| e < -1 || e as i64 >= num_experts as i64) {
-        None => Ok(()),
-        Some(i) => Err(crate::error::Error::Plan {
-            arg: "plan.expert_ids",
-            problem: format!(
-                "is {} at token {}, slot {}; expected -1 or an expert in [0, {num_experts})",
-                expert_ids[i],
-                i / slots.max(1),
-                i % slots.max(1)
-            ),
-        }),
-    }
 }
 
 #[cfg(test)]

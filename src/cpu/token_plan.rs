@@ -57,13 +57,13 @@ pub fn build_token_plan<F: Accum>(
     Ok(PlanIndices { dest, src, expert_offsets, tokens_per_expert, assigned_per_expert: assigned })
 }
 
-/// Picks per expert among those with `include(pick index)`.
-fn count_per_expert(
+/// Picks per expert among those with `include(pick index)`, for each task's chunk of tokens.
+fn counts_per_task(
     expert_ids: &[i32],
     num_experts: usize,
     top_k: usize,
     include: impl Fn(usize) -> bool + Sync,
-) -> Vec<i64> {
+) -> Vec<Vec<i64>> {
     let chunk = (TOKENS_PER_TASK * top_k).max(1);
     expert_ids
         .par_chunks(chunk)
@@ -77,13 +77,21 @@ fn count_per_expert(
             }
             counts
         })
-        .reduce(
-            || vec![0i64; num_experts],
-            |mut a, b| {
-                a.iter_mut().zip(&b).for_each(|(x, y)| *x += y);
-                a
-            },
-        )
+        .collect()
+}
+
+/// Picks per expert among those with `include(pick index)`.
+fn count_per_expert(
+    expert_ids: &[i32],
+    num_experts: usize,
+    top_k: usize,
+    include: impl Fn(usize) -> bool + Sync,
+) -> Vec<i64> {
+    let mut total = vec![0i64; num_experts];
+    for counts in counts_per_task(expert_ids, num_experts, top_k, include) {
+        total.iter_mut().zip(&counts).for_each(|(t, c)| *t += c);
+    }
+    total
 }
 
 /// Which picks an expert of capacity `c` keeps, by priority.
@@ -157,19 +165,7 @@ fn assign_rows(
 ) -> Vec<i32> {
     let chunk = (TOKENS_PER_TASK * top_k).max(1);
     // Kept picks per expert in each task, then each task's first row per expert.
-    let per_task: Vec<Vec<i64>> = expert_ids
-        .par_chunks(chunk)
-        .enumerate()
-        .map(|(task, ids)| {
-            let mut counts = vec![0i64; num_experts];
-            for (j, &e) in ids.iter().enumerate() {
-                if is_kept(task * chunk + j) {
-                    counts[e as usize] += 1;
-                }
-            }
-            counts
-        })
-        .collect();
+    let per_task = counts_per_task(expert_ids, num_experts, top_k, &is_kept);
     let mut next_row = expert_offsets[..num_experts].to_vec();
     let starts: Vec<Vec<i64>> = per_task
         .iter()

@@ -2,7 +2,8 @@
 combine, with backward passes — on a Rust core, for NumPy (and, later, PyTorch)."""
 
 from . import losses
-from ._core import __version__, get_num_threads, set_num_threads
+from ._core import (__version__, buffer_cache_info, get_num_threads, set_buffer_cache_limit,
+                    set_num_threads)
 from .errors import (ArgumentError, DTypeError, IndexOverflowError, LogitsError, MoerouteError,
                      PlanError, ShapeError)
 from .ops import (combine, combine_backward, expert_choice, permute, permute_backward, route,
@@ -13,6 +14,7 @@ __all__ = [
     "route", "expert_choice", "permute", "combine",
     "permute_backward", "combine_backward", "route_backward",
     "RoutingPlan", "losses", "set_num_threads", "get_num_threads", "__version__",
+    "set_buffer_cache_limit", "buffer_cache_info",
     "MoerouteError", "ShapeError", "DTypeError", "ArgumentError", "LogitsError", "PlanError",
     "IndexOverflowError",
 ]

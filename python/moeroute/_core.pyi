@@ -22,9 +22,13 @@ def expert_choice(
     logits: np.ndarray, dtype_name: str, capacity: Optional[int], capacity_factor: float
 ) -> Dict[str, object]: ...
 def route_backward(
-    grad_weights: np.ndarray, probs: np.ndarray, expert_ids: np.ndarray, dest: np.ndarray,
+    grad_weights: np.ndarray, grad_probs: Optional[np.ndarray], probs: np.ndarray, expert_ids: np.ndarray, dest: np.ndarray,
     score: str, normalize: str, scale: float, double: bool,
 ) -> np.ndarray: ...
+def plan_layout(
+    num_tokens: int, num_experts: int, k: int, capacity: Optional[int], capacity_factor: Optional[float],
+    min_capacity: int, capacity_multiple: int, pad_to: int,
+) -> Tuple[Optional[int], int]: ...
 def validate_plan(
     expert_ids: np.ndarray, dest: np.ndarray, src: np.ndarray, expert_offsets: np.ndarray,
     tokens_per_expert: np.ndarray, assigned_per_expert: np.ndarray, capacity: Optional[int],

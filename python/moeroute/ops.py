@@ -62,15 +62,36 @@ def route(
         >>> plan.expert_ids.tolist(), plan.src.tolist()
         ([[1], [0]], [1, 0, -1])
     """
+    args = (score, normalize, scale, bias, num_groups, topk_groups, capacity, capacity_factor,
+            min_capacity, capacity_multiple, priority, pad_to)
+    if _is_torch(logits):
+        from .torch import _front
+        _front.check_activation(logits, "logits")
+        return _front.route(logits, _route_options(k, logits.shape[1], *args))
     storage, dtype_name, _ = activation(logits, "logits", ndim=2)
+    options = _route_options(k, storage.shape[1], *args)
+    if options[4] is not None:
+        options = options[:4] + (options[4].tolist(),) + options[5:]
+    fields = _core.route(storage, dtype_name, *options)
+    return RoutingPlan._trusted(fields, score, normalize, scale)
+
+
+def _is_torch(value: Any) -> bool:
+    """Whether value is a torch.Tensor (without importing torch when it is not loaded)."""
+    return type(value).__module__.startswith("torch") and hasattr(value, "data_ptr")
+
+
+def _route_options(k, num_experts, score, normalize, scale, bias, num_groups, topk_groups, capacity,
+                   capacity_factor, min_capacity, capacity_multiple, priority, pad_to) -> tuple:
+    """Checked scalar options of route, in the order of the core's signature (after dtype)."""
     k = integer(k, "k")
-    if not 1 <= k <= max(storage.shape[1], 1):
-        raise ArgumentError(f"k: got {k}, expected an integer in [1, {storage.shape[1]}] (the number of experts)")
+    if not 1 <= k <= max(num_experts, 1):
+        raise ArgumentError(f"k: got {k}, expected an integer in [1, {num_experts}] (the number of experts)")
     if bias is not None:
-        bias = float_array(bias, "bias", np.float64, ndim=1).tolist()
-    fields = _core.route(
-        storage, dtype_name, k,
-        choice(score, "score", SCORES), choice(normalize, "normalize", NORMALIZATIONS),
+        bias = float_array(bias.detach().cpu().double().numpy() if _is_torch(bias) else bias,
+                           "bias", np.float64, ndim=1)
+    return (
+        k, choice(score, "score", SCORES), choice(normalize, "normalize", NORMALIZATIONS),
         real(scale, "scale"), bias,
         optional_integer(num_groups, "num_groups", 1), optional_integer(topk_groups, "topk_groups", 1),
         optional_integer(capacity, "capacity", 0),
@@ -78,7 +99,6 @@ def route(
         integer(min_capacity, "min_capacity", 0), integer(capacity_multiple, "capacity_multiple", 1),
         choice(priority, "priority", PRIORITIES), integer(pad_to, "pad_to", 1),
     )
-    return RoutingPlan._trusted(fields, score, normalize, scale)
 
 
 def expert_choice(logits: Any, *, capacity_factor: float = 1.0, capacity: Optional[int] = None) -> RoutingPlan:
@@ -99,10 +119,13 @@ def expert_choice(logits: Any, *, capacity_factor: float = 1.0, capacity: Option
         >>> plan.src.tolist()
         [0, 1]
     """
+    capacity = optional_integer(capacity, "capacity", 0)
+    capacity_factor = real(capacity_factor, "capacity_factor")
+    if _is_torch(logits):
+        from .torch import _front
+        return _front.expert_choice(logits, capacity, capacity_factor)
     storage, dtype_name, _ = activation(logits, "logits", ndim=2)
-    fields = _core.expert_choice(
-        storage, dtype_name, optional_integer(capacity, "capacity", 0), real(capacity_factor, "capacity_factor")
-    )
+    fields = _core.expert_choice(storage, dtype_name, capacity, capacity_factor)
     return RoutingPlan._trusted(fields, "softmax", "none", 1.0)
 
 
@@ -128,6 +151,9 @@ def permute(x: Any, plan: RoutingPlan) -> np.ndarray:
         xp: (R, H), dtype of x.
     """
     plan = _check_plan(plan)
+    if _is_torch(x):
+        from .torch import _front
+        return _front.permute(x, plan)
     storage, dtype_name, dtype = activation(x, "x", ndim=2)
     _expect_rows("x", storage, plan.num_tokens, "T = plan.num_tokens")
     return restore(_core.permute(storage, dtype_name, plan.src), dtype)
@@ -160,6 +186,9 @@ def combine(yp: Any, plan: RoutingPlan, weights: Any = None) -> np.ndarray:
         y: (T, H), dtype of yp.
     """
     plan = _check_plan(plan)
+    if _is_torch(yp):
+        from .torch import _front
+        return _front.combine(yp, plan, weights)
     storage, dtype_name, dtype = activation(yp, "yp", ndim=2)
     _expect_rows("yp", storage, plan.num_rows, "R = plan.num_rows")
     w = _weights(weights, plan, dtype_name)
@@ -227,6 +256,6 @@ def route_backward(grad_weights: Any, plan: RoutingPlan, logits: Any) -> np.ndar
         raise ShapeError(f"logits: got shape {list(storage.shape)}, expected {list(plan.probs.shape)} (the plan's T, E)")
     double = plan.probs.dtype == np.float64
     g = float_array(grad_weights, "grad_weights", plan.probs.dtype, ndim=2)
-    grad = _core.route_backward(g, plan.probs, plan.expert_ids, plan.dest, plan.score, plan.normalize,
-                                plan.scale, double)
+    grad = _core.route_backward(g, None, plan.probs, plan.expert_ids, plan.dest, plan.score,
+                                plan.normalize, plan.scale, double)
     return grad.astype(dtype, copy=False)

@@ -85,7 +85,8 @@ class RoutingPlan:
     def _set(self, arrays: Mapping[str, np.ndarray], capacity: Optional[int], score: str,
              normalize: str, scale: float) -> None:
         for name, array in arrays.items():
-            array.flags.writeable = False
+            if isinstance(array, np.ndarray):
+                array.flags.writeable = False
             object.__setattr__(self, name, array)
         object.__setattr__(self, "capacity", capacity)
         object.__setattr__(self, "score", score)
@@ -118,7 +119,7 @@ class RoutingPlan:
     @property
     def num_dropped(self) -> int:
         """Picks that did not fit their expert's capacity."""
-        return int(np.count_nonzero((self.expert_ids >= 0) & (self.dest < 0)))
+        return int(((self.expert_ids >= 0) & (self.dest < 0)).sum())
 
     def __repr__(self) -> str:
         capacity = "dropless" if self.capacity is None else f"capacity={self.capacity}"
@@ -131,7 +132,7 @@ class RoutingPlan:
 
     def to_dict(self) -> Dict[str, np.ndarray]:
         """All fields as NumPy arrays, ready for np.savez (capacity -1 means dropless)."""
-        d = {name: np.asarray(getattr(self, name)) for name in ARRAY_FIELDS}
+        d = {name: _numpy(getattr(self, name)) for name in ARRAY_FIELDS}
         d["capacity"] = np.asarray(-1 if self.capacity is None else self.capacity, dtype=np.int64)
         d["score"] = np.asarray(self.score)
         d["normalize"] = np.asarray(self.normalize)
@@ -162,6 +163,13 @@ class RoutingPlan:
         """Reads a plan written by `save` and validates it."""
         with np.load(path) as data:
             return cls.from_dict({name: data[name] for name in data.files})
+
+
+def _numpy(array: Any) -> np.ndarray:
+    """A NumPy copy-free view of a plan field (torch tensors are moved to the CPU first)."""
+    if isinstance(array, np.ndarray):
+        return array
+    return array.detach().cpu().numpy()
 
 
 def _checked_array(name: str, value: Any) -> np.ndarray:

@@ -23,11 +23,17 @@ pub struct WeightsGraph<'a, F> {
     pub scale: f64,
 }
 
-/// Writes grad_logits ([num_tokens, num_experts]) from grad_w ([num_tokens, slots]).
+/// Writes grad_logits ([num_tokens, num_experts]) from grad_w ([num_tokens, slots]) and, when
+/// given, the gradient of the plan's probs ([num_tokens, num_experts]) as well.
 /// Selection is piecewise constant, so only the picked scores carry gradient. A kept slot
 /// (dest >= 0) has weight scale · p[e_s] / Z, where Z is 1 for "none", the sum over all picks for
 /// "topk" and over the kept picks for "kept" (Z = 0 is treated as 1, as in the forward pass).
-pub fn route_backward<F: Accum>(g: &WeightsGraph<F>, grad_w: &[F], grad_logits: &mut [F]) -> Result<()> {
+pub fn route_backward<F: Accum>(
+    g: &WeightsGraph<F>,
+    grad_w: &[F],
+    grad_probs: Option<&[F]>,
+    grad_logits: &mut [F],
+) -> Result<()> {
     let (e_count, s_count) = (g.num_experts, g.slots);
     if g.num_tokens == 0 || e_count == 0 {
         return Ok(());
@@ -55,7 +61,10 @@ pub fn route_backward<F: Accum>(g: &WeightsGraph<F>, grad_w: &[F], grad_logits: 
             let z = if normalized { z } else { F::ONE };
             // d(loss)/dp: direct term g_s / Z for kept slots, minus Σ_s g_s p_s / Z² for every
             // score in the denominator.
-            grad_p.fill(F::ZERO);
+            match grad_probs {
+                Some(gp) => grad_p.copy_from_slice(&gp[t * e_count..(t + 1) * e_count]),
+                None => grad_p.fill(F::ZERO),
+            }
             let mut weighted = F::ZERO;
             for s in (0..s_count).filter(|&s| kept(s)) {
                 grad_p[ids[s] as usize] += scale * gw[s] / z;
@@ -116,7 +125,7 @@ mod tests {
             scale: plan.scale,
         };
         let mut grad = vec![0.0; t * e];
-        route_backward(&graph, &c, &mut grad).unwrap();
+        route_backward(&graph, &c, None, &mut grad).unwrap();
         for i in 0..t * e {
             let (mut up, mut down) = (logits.clone(), logits.clone());
             up[i] += 1e-6;

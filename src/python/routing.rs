@@ -9,6 +9,7 @@ use super::errors::run_kernel;
 use crate::cpu;
 use crate::cpu::route_backward::WeightsGraph;
 use crate::dtype::Accum;
+use crate::routing::capacity::{num_rows, resolve_capacity, Layout};
 use crate::routing::options::CapacityRequest;
 use crate::routing::validate::{validate_plan as validate, PlanArrays};
 use crate::routing::{GroupLimit, Normalize, Priority, RouteOptions, RoutingPlan, ScoreFunction};
@@ -111,6 +112,7 @@ fn expert_choice<'py>(
 fn route_backward_typed<'py, F: Accum + Element>(
     py: Python<'py>,
     grad_weights: &Bound<'py, PyAny>,
+    grad_probs: Option<&Bound<'py, PyAny>>,
     probs: &Bound<'py, PyAny>,
     expert_ids: &Bound<'py, PyAny>,
     dest: &Bound<'py, PyAny>,
@@ -140,21 +142,27 @@ fn route_backward_typed<'py, F: Accum + Element>(
         scale,
     };
     let grad_w = slice(&grad_weights, "grad_weights")?;
+    let grad_probs = grad_probs.map(|g| input::<F>(g, "grad_probs")).transpose()?;
+    if let Some(g) = &grad_probs {
+        expect_shape("grad_probs", g.shape(), &[Some(t), Some(e)])?;
+    }
+    let grad_probs = grad_probs.as_ref().map(|g| slice(g, "grad_probs")).transpose()?;
     let out = output::<F>(py, &[t, e])?;
     let mut guard = out.readwrite();
     let grad_logits = output_slice(&mut guard)?;
-    run_kernel(py, || cpu::route_backward::route_backward(&graph, grad_w, grad_logits))?;
+    run_kernel(py, || cpu::route_backward::route_backward(&graph, grad_w, grad_probs, grad_logits))?;
     drop(guard);
     Ok(out.into_any())
 }
 
-/// route_backward(grad_weights, probs, expert_ids, dest, score, normalize, scale) -> grad_logits
-/// in the dtype of probs (float32 or float64).
+/// route_backward(grad_weights, grad_probs, probs, expert_ids, dest, score, normalize, scale,
+/// double) -> grad_logits in the dtype of probs (float32 or float64); grad_probs may be None.
 #[pyfunction]
 #[allow(clippy::too_many_arguments)]
 fn route_backward<'py>(
     py: Python<'py>,
     grad_weights: &Bound<'py, PyAny>,
+    grad_probs: Option<&Bound<'py, PyAny>>,
     probs: &Bound<'py, PyAny>,
     expert_ids: &Bound<'py, PyAny>,
     dest: &Bound<'py, PyAny>,
@@ -165,9 +173,9 @@ fn route_backward<'py>(
 ) -> PyResult<Bound<'py, PyAny>> {
     let (score, normalize) = (ScoreFunction::parse(score)?, Normalize::parse(normalize)?);
     if double {
-        route_backward_typed::<f64>(py, grad_weights, probs, expert_ids, dest, score, normalize, scale)
+        route_backward_typed::<f64>(py, grad_weights, grad_probs, probs, expert_ids, dest, score, normalize, scale)
     } else {
-        route_backward_typed::<f32>(py, grad_weights, probs, expert_ids, dest, score, normalize, scale)
+        route_backward_typed::<f32>(py, grad_weights, grad_probs, probs, expert_ids, dest, score, normalize, scale)
     }
 }
 
@@ -215,7 +223,28 @@ fn validate_plan<'py>(
     run_kernel(py, || validate(&arrays))
 }
 
+/// plan_layout(num_tokens, num_experts, k, capacity, capacity_factor, min_capacity,
+/// capacity_multiple, pad_to) -> (capacity or None, num_rows): the static shape of a route's plan.
+#[pyfunction]
+#[allow(clippy::too_many_arguments)]
+fn plan_layout(
+    num_tokens: usize,
+    num_experts: usize,
+    k: usize,
+    capacity: Option<usize>,
+    capacity_factor: Option<f64>,
+    min_capacity: usize,
+    capacity_multiple: usize,
+    pad_to: usize,
+) -> PyResult<(Option<usize>, usize)> {
+    let request = CapacityRequest { capacity, capacity_factor, min_capacity, capacity_multiple };
+    let layout = resolve_capacity(&request, num_tokens, k, num_experts, pad_to)?;
+    let rows = num_rows(layout, num_tokens, k, num_experts)?;
+    Ok((match layout { Layout::Capacity(c) => Some(c), Layout::Dropless { .. } => None }, rows))
+}
+
 pub fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
+    m.add_function(wrap_pyfunction!(plan_layout, m)?)?;
     m.add_function(wrap_pyfunction!(route, m)?)?;
     m.add_function(wrap_pyfunction!(expert_choice, m)?)?;
     m.add_function(wrap_pyfunction!(route_backward, m)?)?;

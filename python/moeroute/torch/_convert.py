@@ -1,0 +1,66 @@
+"""Zero-copy conversion between CPU torch tensors and the NumPy storage arrays the core reads and
+writes (float16 / bfloat16 travel as 16-bit integer views of the same memory)."""
+
+from __future__ import annotations
+
+from typing import Tuple
+
+import numpy as np
+import torch
+
+from ..errors import DTypeError, ShapeError
+
+_ACTIVATION_DTYPES = {
+    torch.float32: "float32",
+    torch.float64: "float64",
+    torch.float16: "float16",
+    torch.bfloat16: "bfloat16",
+}
+_HALF_DTYPES = {"float16": torch.float16, "bfloat16": torch.bfloat16}
+
+
+def check_cpu(t: torch.Tensor, name: str) -> None:
+    if t.device.type != "cpu":
+        raise DTypeError(
+            f"{name}: got a tensor on {t.device}, expected a CPU tensor (moeroute's CUDA kernels "
+            "are not available in this build)"
+        )
+
+
+def activation_name(t: torch.Tensor, name: str) -> str:
+    """The dtype name of a float activation tensor (DTypeError otherwise)."""
+    dtype_name = _ACTIVATION_DTYPES.get(t.dtype)
+    if dtype_name is None:
+        raise DTypeError(f"{name}: got dtype {t.dtype}, expected float32, float64, float16 or bfloat16")
+    return dtype_name
+
+
+def to_storage(t: torch.Tensor, name: str, ndim: int) -> Tuple[np.ndarray, str]:
+    """(NumPy array sharing t's memory, dtype name) for a CPU float tensor; non-contiguous tensors
+    are made contiguous first (the only copy)."""
+    check_cpu(t, name)
+    dtype_name = activation_name(t, name)
+    if t.dim() != ndim:
+        raise ShapeError(f"{name}: got shape {list(t.shape)}, expected a {ndim}-D tensor")
+    t = t.detach().contiguous()
+    if dtype_name in _HALF_DTYPES:
+        return t.view(torch.int16).numpy().view(np.uint16), dtype_name
+    return t.numpy(), dtype_name
+
+
+def index_array(t: torch.Tensor, name: str) -> np.ndarray:
+    """A NumPy view of an int32 / int64 / float index or weight tensor of the plan."""
+    check_cpu(t, name)
+    return t.detach().contiguous().numpy()
+
+
+def from_storage(a: np.ndarray, dtype_name: str) -> torch.Tensor:
+    """The tensor sharing memory with a core output array."""
+    half = _HALF_DTYPES.get(dtype_name)
+    if half is not None:
+        return torch.from_numpy(a.view(np.int16)).view(half)
+    return torch.from_numpy(a)
+
+
+def accumulation_dtype(dtype: torch.dtype) -> torch.dtype:
+    return torch.float64 if dtype == torch.float64 else torch.float32

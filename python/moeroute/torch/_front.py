@@ -1,0 +1,65 @@
+"""The torch front of moeroute's ops: calls the `moeroute::` custom ops and wraps their outputs in a
+RoutingPlan of tensors. Reached through moeroute.route / permute / combine / ... with tensors."""
+
+from __future__ import annotations
+
+from typing import Optional
+
+import torch
+
+from ..errors import ShapeError
+from ..plan import RoutingPlan
+from . import _ops
+from ._convert import activation_name, check_cpu
+
+
+def check_activation(t: torch.Tensor, name: str, ndim: int = 2) -> None:
+    check_cpu(t, name)
+    activation_name(t, name)
+    if t.dim() != ndim:
+        dims = ", ".join("_" for _ in range(ndim))
+        raise ShapeError(f"{name}: got shape {list(t.shape)}, expected a {ndim}-D tensor [{dims}]")
+
+
+def _plan(outputs, capacity: Optional[int], score: str, normalize: str, scale: float) -> RoutingPlan:
+    fields = dict(zip(_ops.PLAN_FIELDS, outputs))
+    fields["capacity"] = capacity
+    return RoutingPlan._trusted(fields, score, normalize, scale)
+
+
+def route(logits: torch.Tensor, options: tuple) -> RoutingPlan:
+    (k, score, normalize, scale, bias, num_groups, topk_groups, capacity, capacity_factor,
+     min_capacity, capacity_multiple, priority, pad_to) = options
+    bias_t = None if bias is None else torch.as_tensor(bias, dtype=torch.float64)
+    outputs = _ops.route(logits, k, score, normalize, scale, bias_t, num_groups, topk_groups, capacity,
+                         capacity_factor, min_capacity, capacity_multiple, priority, pad_to)
+    t, e = logits.shape
+    resolved, _ = _ops._core.plan_layout(int(t), int(e), k, capacity, capacity_factor, min_capacity,
+                                         capacity_multiple, pad_to)
+    return _plan(outputs, resolved, score, normalize, scale)
+
+
+def expert_choice(logits: torch.Tensor, capacity: Optional[int], capacity_factor: float) -> RoutingPlan:
+    check_activation(logits, "logits")
+    outputs = _ops.expert_choice(logits, capacity, capacity_factor)
+    return _plan(outputs, int(outputs[4].shape[0]) // max(int(logits.shape[1]), 1), "softmax", "none", 1.0)
+
+
+def _expect_rows(name: str, t: torch.Tensor, rows: int, what: str) -> None:
+    if t.shape[0] != rows:
+        raise ShapeError(f"{name}: got shape {list(t.shape)}, expected [{rows}, H] ({what})")
+
+
+def permute(x: torch.Tensor, plan: RoutingPlan) -> torch.Tensor:
+    check_activation(x, "x")
+    _expect_rows("x", x, plan.num_tokens, "T = plan.num_tokens")
+    return _ops.permute(x, plan.src, plan.dest)
+
+
+def combine(yp: torch.Tensor, plan: RoutingPlan, weights: Optional[torch.Tensor] = None) -> torch.Tensor:
+    check_activation(yp, "yp")
+    _expect_rows("yp", yp, plan.num_rows, "R = plan.num_rows")
+    w = plan.weights if weights is None else weights
+    if tuple(w.shape) != tuple(plan.expert_ids.shape):
+        raise ShapeError(f"weights: got shape {list(w.shape)}, expected {list(plan.expert_ids.shape)} (T, S)")
+    return _ops.combine(yp, plan.dest, plan.src, w)

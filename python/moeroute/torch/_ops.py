@@ -1,0 +1,201 @@
+"""moeroute's ops as torch custom ops (namespace `moeroute`): CPU kernels on the tensors' memory,
+fake implementations for torch.compile, and autograd through moeroute's own backward kernels."""
+
+from __future__ import annotations
+
+import math
+from typing import Optional, Tuple
+
+import numpy as np
+import torch
+
+from .. import _core
+from ._convert import accumulation_dtype, from_storage, index_array, to_storage
+
+Tensor = torch.Tensor
+PlanTensors = Tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]
+PLAN_FIELDS = ("expert_ids", "weights", "probs", "dest", "src", "expert_offsets",
+               "tokens_per_expert", "assigned_per_expert")
+
+
+def _plan_tensors(fields: dict) -> PlanTensors:
+    return tuple(torch.from_numpy(np.asarray(fields[name])) for name in PLAN_FIELDS)  # type: ignore[return-value]
+
+
+def _fake_plan(logits: Tensor, slots: int, rows: int) -> PlanTensors:
+    t, e = logits.shape
+    acc = accumulation_dtype(logits.dtype)
+    i32, i64 = torch.int32, torch.int64
+    return (logits.new_empty((t, slots), dtype=i32), logits.new_empty((t, slots), dtype=acc),
+            logits.new_empty((t, e), dtype=acc), logits.new_empty((t, slots), dtype=i32),
+            logits.new_empty((rows,), dtype=i32), logits.new_empty((e + 1,), dtype=i64),
+            logits.new_empty((e,), dtype=i64), logits.new_empty((e,), dtype=i64))
+
+
+# ----------------------------------------------------------------------------------- route
+
+@torch.library.custom_op("moeroute::route", mutates_args=())
+def route(logits: Tensor, k: int, score: str, normalize: str, scale: float, bias: Optional[Tensor],
+          num_groups: Optional[int], topk_groups: Optional[int], capacity: Optional[int],
+          capacity_factor: Optional[float], min_capacity: int, capacity_multiple: int,
+          priority: str, pad_to: int) -> PlanTensors:
+    storage, dtype_name = to_storage(logits, "logits", 2)
+    bias_list = None if bias is None else index_array(bias.to(torch.float64), "bias").tolist()
+    fields = _core.route(storage, dtype_name, k, score, normalize, scale, bias_list, num_groups,
+                         topk_groups, capacity, capacity_factor, min_capacity, capacity_multiple,
+                         priority, pad_to)
+    return _plan_tensors(fields)
+
+
+@route.register_fake
+def _(logits, k, score, normalize, scale, bias, num_groups, topk_groups, capacity, capacity_factor,
+      min_capacity, capacity_multiple, priority, pad_to):
+    t, e = logits.shape
+    _, rows = _core.plan_layout(int(t), int(e), k, capacity, capacity_factor, min_capacity,
+                                capacity_multiple, pad_to)
+    return _fake_plan(logits, k, rows)
+
+
+def _route_setup(ctx, inputs, output) -> None:
+    logits, _, score, normalize, scale = inputs[:5]
+    expert_ids, _, probs, dest = output[:4]
+    ctx.save_for_backward(probs, expert_ids, dest)
+    ctx.options = (score, normalize, scale, logits.dtype)
+
+
+def _route_backward(ctx, grad_ids, grad_weights, grad_probs, *unused):
+    probs, expert_ids, dest = ctx.saved_tensors
+    score, normalize, scale, dtype = ctx.options
+    if grad_weights is None:
+        grad_weights = torch.zeros(expert_ids.shape, dtype=probs.dtype)
+    grad_logits = route_backward(grad_weights, grad_probs, probs, expert_ids, dest, score, normalize, scale)
+    return (grad_logits.to(dtype),) + (None,) * 13
+
+
+route.register_autograd(_route_backward, setup_context=_route_setup)
+
+
+@torch.library.custom_op("moeroute::route_backward", mutates_args=())
+def route_backward(grad_weights: Tensor, grad_probs: Optional[Tensor], probs: Tensor, expert_ids: Tensor,
+                   dest: Tensor, score: str, normalize: str, scale: float) -> Tensor:
+    acc = probs.dtype
+    gp = None if grad_probs is None else index_array(grad_probs.to(acc), "grad_probs")
+    grad = _core.route_backward(index_array(grad_weights.to(acc), "grad_weights"), gp, index_array(probs, "plan.probs"),
+                                index_array(expert_ids, "plan.expert_ids"), index_array(dest, "plan.dest"),
+                                score, normalize, scale, acc == torch.float64)
+    return torch.from_numpy(grad)
+
+
+@route_backward.register_fake
+def _(grad_weights, grad_probs, probs, expert_ids, dest, score, normalize, scale):
+    return torch.empty_like(probs)
+
+
+# --------------------------------------------------------------------------- expert choice
+
+@torch.library.custom_op("moeroute::expert_choice", mutates_args=())
+def expert_choice(logits: Tensor, capacity: Optional[int], capacity_factor: float) -> PlanTensors:
+    storage, dtype_name = to_storage(logits, "logits", 2)
+    return _plan_tensors(_core.expert_choice(storage, dtype_name, capacity, capacity_factor))
+
+
+@expert_choice.register_fake
+def _(logits, capacity, capacity_factor):
+    t, e = logits.shape
+    c = capacity if capacity is not None else math.ceil(int(t) * capacity_factor / int(e))
+    return _fake_plan(logits, int(e), int(e) * c)
+
+
+def _expert_choice_setup(ctx, inputs, output) -> None:
+    expert_ids, _, probs, dest = output[:4]
+    ctx.save_for_backward(probs, expert_ids, dest)
+    ctx.options = ("softmax", "none", 1.0, inputs[0].dtype)
+
+
+def _expert_choice_backward(ctx, *grads):
+    return _route_backward(ctx, *grads)[:3]
+
+
+expert_choice.register_autograd(_expert_choice_backward, setup_context=_expert_choice_setup)
+
+
+# -------------------------------------------------------------------------------- permute
+
+@torch.library.custom_op("moeroute::permute", mutates_args=())
+def permute(x: Tensor, src: Tensor, dest: Tensor) -> Tensor:
+    storage, dtype_name = to_storage(x, "x", 2)
+    return from_storage(_core.permute(storage, dtype_name, index_array(src, "plan.src")), dtype_name)
+
+
+@permute.register_fake
+def _(x, src, dest):
+    return x.new_empty((src.shape[0], x.shape[1]))
+
+
+@torch.library.custom_op("moeroute::permute_backward", mutates_args=())
+def permute_backward(grad_xp: Tensor, dest: Tensor) -> Tensor:
+    storage, dtype_name = to_storage(grad_xp, "grad_xp", 2)
+    return from_storage(_core.permute_backward(storage, dtype_name, index_array(dest, "plan.dest")), dtype_name)
+
+
+@permute_backward.register_fake
+def _(grad_xp, dest):
+    return grad_xp.new_empty((dest.shape[0], grad_xp.shape[1]))
+
+
+def _permute_setup(ctx, inputs, output) -> None:
+    ctx.save_for_backward(inputs[2])
+
+
+def _permute_backward(ctx, grad_xp):
+    (dest,) = ctx.saved_tensors
+    return permute_backward(grad_xp, dest), None, None
+
+
+permute.register_autograd(_permute_backward, setup_context=_permute_setup)
+
+
+# -------------------------------------------------------------------------------- combine
+
+def _weights_array(weights: Tensor, yp: Tensor) -> np.ndarray:
+    return index_array(weights.to(accumulation_dtype(yp.dtype)), "weights")
+
+
+@torch.library.custom_op("moeroute::combine", mutates_args=())
+def combine(yp: Tensor, dest: Tensor, src: Tensor, weights: Tensor) -> Tensor:
+    storage, dtype_name = to_storage(yp, "yp", 2)
+    y = _core.combine(storage, dtype_name, index_array(dest, "plan.dest"), _weights_array(weights, yp))
+    return from_storage(y, dtype_name)
+
+
+@combine.register_fake
+def _(yp, dest, src, weights):
+    return yp.new_empty((dest.shape[0], yp.shape[1]))
+
+
+@torch.library.custom_op("moeroute::combine_backward", mutates_args=())
+def combine_backward(grad_y: Tensor, yp: Tensor, dest: Tensor, src: Tensor, weights: Tensor) -> Tuple[Tensor, Tensor]:
+    yp_storage, dtype_name = to_storage(yp, "yp", 2)
+    gy_storage, _ = to_storage(grad_y.to(yp.dtype), "grad_y", 2)
+    grad_yp, grad_w = _core.combine_backward(gy_storage, yp_storage, dtype_name, index_array(dest, "plan.dest"),
+                                             index_array(src, "plan.src"), _weights_array(weights, yp))
+    return from_storage(grad_yp, dtype_name), torch.from_numpy(grad_w).to(weights.dtype)
+
+
+@combine_backward.register_fake
+def _(grad_y, yp, dest, src, weights):
+    return torch.empty_like(yp), torch.empty_like(weights)
+
+
+def _combine_setup(ctx, inputs, output) -> None:
+    yp, dest, src, weights = inputs
+    ctx.save_for_backward(yp, dest, src, weights)
+
+
+def _combine_backward(ctx, grad_y):
+    yp, dest, src, weights = ctx.saved_tensors
+    grad_yp, grad_w = combine_backward(grad_y, yp, dest, src, weights)
+    return grad_yp, None, None, grad_w
+
+
+combine.register_autograd(_combine_backward, setup_context=_combine_setup)

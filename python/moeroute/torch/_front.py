@@ -34,8 +34,8 @@ def route(logits: torch.Tensor, options: tuple) -> RoutingPlan:
     outputs = _ops.route(logits, k, score, normalize, scale, bias_t, num_groups, topk_groups, capacity,
                          capacity_factor, min_capacity, capacity_multiple, priority, pad_to)
     t, e = logits.shape
-    resolved, _ = _ops._core.plan_layout(int(t), int(e), k, capacity, capacity_factor, min_capacity,
-                                         capacity_multiple, pad_to)
+    resolved, _ = _ops.plan_layout(int(t), int(e), k, capacity, capacity_factor, min_capacity,
+                                   capacity_multiple, pad_to)
     return _plan(outputs, resolved, score, normalize, scale)
 
 

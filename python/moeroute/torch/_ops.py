@@ -14,8 +14,23 @@ from ._convert import accumulation_dtype, from_storage, index_array, to_storage
 
 Tensor = torch.Tensor
 PlanTensors = Tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]
-PLAN_FIELDS = ("expert_ids", "weights", "probs", "dest", "src", "expert_offsets",
+# Float outputs first: torch's opcheck sums outputs in order into one accumulator.
+PLAN_FIELDS = ("weights", "probs", "expert_ids", "dest", "src", "expert_offsets",
                "tokens_per_expert", "assigned_per_expert")
+
+
+def plan_layout(num_tokens: int, num_experts: int, k: int, capacity: Optional[int],
+                capacity_factor: Optional[float], min_capacity: int, capacity_multiple: int,
+                pad_to: int) -> Tuple[Optional[int], int]:
+    """(capacity or None, rows): the static layout of a route (the core's rule, in Python so that
+    torch.compile can trace it; the kernel itself also checks the int32 row limit)."""
+    if capacity is None and capacity_factor is None:
+        rows = num_tokens * k + (num_experts * (pad_to - 1) if pad_to > 1 else 0)
+        return None, rows
+    c = capacity if capacity is not None else math.ceil(capacity_factor * num_tokens * k / num_experts)
+    c = max(c, min_capacity)
+    c = -(-c // capacity_multiple) * capacity_multiple
+    return c, num_experts * c
 
 
 def _plan_tensors(fields: dict) -> PlanTensors:
@@ -26,8 +41,8 @@ def _fake_plan(logits: Tensor, slots: int, rows: int) -> PlanTensors:
     t, e = logits.shape
     acc = accumulation_dtype(logits.dtype)
     i32, i64 = torch.int32, torch.int64
-    return (logits.new_empty((t, slots), dtype=i32), logits.new_empty((t, slots), dtype=acc),
-            logits.new_empty((t, e), dtype=acc), logits.new_empty((t, slots), dtype=i32),
+    return (logits.new_empty((t, slots), dtype=acc), logits.new_empty((t, e), dtype=acc),
+            logits.new_empty((t, slots), dtype=i32), logits.new_empty((t, slots), dtype=i32),
             logits.new_empty((rows,), dtype=i32), logits.new_empty((e + 1,), dtype=i64),
             logits.new_empty((e,), dtype=i64), logits.new_empty((e,), dtype=i64))
 
@@ -51,19 +66,19 @@ def route(logits: Tensor, k: int, score: str, normalize: str, scale: float, bias
 def _(logits, k, score, normalize, scale, bias, num_groups, topk_groups, capacity, capacity_factor,
       min_capacity, capacity_multiple, priority, pad_to):
     t, e = logits.shape
-    _, rows = _core.plan_layout(int(t), int(e), k, capacity, capacity_factor, min_capacity,
-                                capacity_multiple, pad_to)
+    _, rows = plan_layout(int(t), int(e), k, capacity, capacity_factor, min_capacity,
+                          capacity_multiple, pad_to)
     return _fake_plan(logits, k, rows)
 
 
 def _route_setup(ctx, inputs, output) -> None:
     logits, _, score, normalize, scale = inputs[:5]
-    expert_ids, _, probs, dest = output[:4]
+    _, probs, expert_ids, dest = output[:4]
     ctx.save_for_backward(probs, expert_ids, dest)
     ctx.options = (score, normalize, scale, logits.dtype)
 
 
-def _route_backward(ctx, grad_ids, grad_weights, grad_probs, *unused):
+def _route_backward(ctx, grad_weights, grad_probs, *unused):
     probs, expert_ids, dest = ctx.saved_tensors
     score, normalize, scale, dtype = ctx.options
     if grad_weights is None:
@@ -107,7 +122,7 @@ def _(logits, capacity, capacity_factor):
 
 
 def _expert_choice_setup(ctx, inputs, output) -> None:
-    expert_ids, _, probs, dest = output[:4]
+    _, probs, expert_ids, dest = output[:4]
     ctx.save_for_backward(probs, expert_ids, dest)
     ctx.options = ("softmax", "none", 1.0, inputs[0].dtype)
 

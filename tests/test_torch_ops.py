@@ -1,0 +1,207 @@
+"""The torch front: tensors in and out, agreement with the NumPy path for every dtype, gradcheck in
+float64, torch.library.opcheck for every custom op, torch.compile(fullgraph=True) == eager."""
+
+import ml_dtypes
+import numpy as np
+import pytest
+
+torch = pytest.importorskip("torch")
+
+import moeroute  # noqa: E402
+from moeroute.torch import _ops  # noqa: E402
+from moeroute.torch._convert import to_storage  # noqa: E402
+
+TORCH_DTYPES = {
+    "float32": (torch.float32, np.float32),
+    "float64": (torch.float64, np.float64),
+    "float16": (torch.float16, np.float16),
+    "bfloat16": (torch.bfloat16, ml_dtypes.bfloat16),
+}
+ROUTE_OPTIONS = [
+    dict(),
+    dict(score="sigmoid", normalize="none", scale=2.5),
+    dict(normalize="kept", capacity=3),
+    dict(capacity_factor=1.0, priority="score"),
+    dict(capacity=2, priority="token", normalize="topk"),
+    dict(num_groups=2, topk_groups=1, bias=[0.1, -0.2, 0.0, 0.3, 0.2, -0.1]),
+    dict(pad_to=4),
+]
+
+
+def tensor_and_array(shape, name, seed=0, requires_grad=False):
+    torch_dtype, np_dtype = TORCH_DTYPES[name]
+    values = np.random.default_rng(seed).standard_normal(shape)
+    array = values.astype(np_dtype)
+    t = torch.from_numpy(array.astype(np.float64)).to(torch_dtype)
+    return t.requires_grad_(requires_grad), array
+
+
+def as_numpy(t):
+    t = t.detach()
+    if t.dtype == torch.bfloat16:
+        return t.float().numpy().astype(ml_dtypes.bfloat16)
+    return t.numpy()
+
+
+@pytest.mark.parametrize("dtype", list(TORCH_DTYPES))
+@pytest.mark.parametrize("options", ROUTE_OPTIONS, ids=str)
+def test_route_matches_numpy(dtype, options):
+    logits, array = tensor_and_array((12, 6), dtype)
+    plan, ref = moeroute.route(logits, 2, **options), moeroute.route(array, 2, **options)
+    for name in ("expert_ids", "dest", "src", "expert_offsets", "tokens_per_expert", "assigned_per_expert"):
+        np.testing.assert_array_equal(getattr(plan, name).numpy(), getattr(ref, name), err_msg=name)
+    np.testing.assert_array_equal(plan.weights.detach().numpy(), ref.weights)
+    np.testing.assert_array_equal(plan.probs.detach().numpy(), ref.probs)
+    assert plan.capacity == ref.capacity and plan.num_rows == ref.num_rows
+
+
+@pytest.mark.parametrize("dtype", list(TORCH_DTYPES))
+def test_permute_combine_and_gradients_match_numpy(dtype):
+    logits, logits_np = tensor_and_array((10, 5), dtype, seed=1)
+    x, x_np = tensor_and_array((10, 7), dtype, seed=2, requires_grad=True)
+    plan = moeroute.route(logits, 2, capacity=3)
+    ref = moeroute.route(logits_np, 2, capacity=3)
+    xp = moeroute.permute(x, plan)
+    np.testing.assert_array_equal(as_numpy(xp), moeroute.permute(x_np, ref))
+    y = moeroute.combine(xp, plan)
+    np.testing.assert_array_equal(as_numpy(y), moeroute.combine(moeroute.permute(x_np, ref), ref))
+    grad_y, grad_y_np = tensor_and_array((10, 7), dtype, seed=3)
+    y.backward(grad_y)
+    grad_yp_np, _ = moeroute.combine_backward(grad_y_np, moeroute.permute(x_np, ref), ref)
+    np.testing.assert_array_equal(as_numpy(x.grad), moeroute.permute_backward(grad_yp_np, ref))
+
+
+def test_expert_choice_matches_numpy_and_differentiates():
+    logits, array = tensor_and_array((9, 3), "float64", requires_grad=True)
+    plan, ref = moeroute.expert_choice(logits, capacity_factor=1.5), moeroute.expert_choice(array, capacity_factor=1.5)
+    np.testing.assert_array_equal(plan.src.numpy(), ref.src)
+    assert plan.capacity == ref.capacity
+    grad = np.random.default_rng(4).standard_normal(ref.weights.shape)
+    plan.weights.backward(torch.from_numpy(grad))
+    np.testing.assert_allclose(logits.grad.numpy(), moeroute.route_backward(grad, ref, array), rtol=1e-12, atol=1e-14)
+
+
+@pytest.mark.parametrize("options", ROUTE_OPTIONS, ids=str)
+def test_gradcheck_route(options):
+    logits = torch.randn(8, 6, dtype=torch.float64, generator=torch.Generator().manual_seed(5), requires_grad=True)
+
+    def weights_and_probs(l):
+        plan = moeroute.route(l, 2, **options)
+        return plan.weights, plan.probs
+
+    assert torch.autograd.gradcheck(weights_and_probs, (logits,), eps=1e-6, atol=1e-7)
+
+
+def test_gradcheck_expert_choice_permute_combine():
+    gen = torch.Generator().manual_seed(6)
+    logits = torch.randn(8, 4, dtype=torch.float64, generator=gen, requires_grad=True)
+    assert torch.autograd.gradcheck(lambda l: moeroute.expert_choice(l, capacity=3).weights, (logits,))
+    plan = moeroute.route(logits.detach(), 2, capacity=3)
+    x = torch.randn(8, 5, dtype=torch.float64, generator=gen, requires_grad=True)
+    assert torch.autograd.gradcheck(lambda x: moeroute.permute(x, plan), (x,))
+    yp = torch.randn(plan.num_rows, 5, dtype=torch.float64, generator=gen, requires_grad=True)
+    w = torch.rand(8, 2, dtype=torch.float64, generator=gen, requires_grad=True)
+    assert torch.autograd.gradcheck(lambda yp, w: moeroute.combine(yp, plan, w), (yp, w))
+
+
+def test_gradients_reach_logits_through_weights_and_losses():
+    logits = torch.randn(16, 4, dtype=torch.float64, requires_grad=True)
+    x = torch.randn(16, 3, dtype=torch.float64)
+    plan = moeroute.route(logits, 2)
+    loss = moeroute.combine(moeroute.permute(x, plan), plan).square().sum()
+    loss = loss + moeroute.losses.load_balancing_loss(plan) + moeroute.losses.z_loss(logits)
+    loss.backward()
+    assert torch.isfinite(logits.grad).all() and logits.grad.abs().sum() > 0
+
+
+def test_opcheck_every_op():
+    gen = torch.Generator().manual_seed(7)
+    logits = torch.randn(8, 4, generator=gen, requires_grad=True)
+    plan = moeroute.route(logits.detach(), 2, capacity=3)
+    x = torch.randn(8, 5, generator=gen, requires_grad=True)
+    yp = torch.randn(plan.num_rows, 5, generator=gen, requires_grad=True)
+    w = plan.weights.detach().clone().requires_grad_(True)
+    cases = [
+        (torch.ops.moeroute.route.default, (logits, 2, "softmax", "topk", 1.0, None, None, None, 3, None, 0, 1, "slot", 1)),
+        (torch.ops.moeroute.route.default, (logits, 2, "sigmoid", "kept", 1.5, None, 2, 1, None, None, 0, 1, "slot", 2)),
+        (torch.ops.moeroute.expert_choice.default, (logits, None, 1.0)),
+        (torch.ops.moeroute.permute.default, (x, plan.src, plan.dest)),
+        (torch.ops.moeroute.permute_backward.default, (yp.detach(), plan.dest)),
+        (torch.ops.moeroute.combine.default, (yp, plan.dest, plan.src, w)),
+        (torch.ops.moeroute.combine_backward.default, (x.detach(), yp.detach(), plan.dest, plan.src, w.detach())),
+        (torch.ops.moeroute.route_backward.default,
+         (w.detach(), None, plan.probs.detach(), plan.expert_ids, plan.dest, "softmax", "topk", 1.0)),
+    ]
+    for op, args in cases:
+        torch.library.opcheck(op, args)
+
+
+def test_torch_compile_fullgraph_matches_eager():
+    def layer(logits, x):
+        plan = moeroute.route(logits, 2, capacity_factor=1.25)
+        y = moeroute.combine(moeroute.permute(x, plan) * 2.0, plan)
+        return y.square().sum() + moeroute.losses.load_balancing_loss(plan)
+
+    gen = torch.Generator().manual_seed(8)
+    logits = torch.randn(32, 8, generator=gen)
+    x = torch.randn(32, 16, generator=gen)
+    results = []
+    for fn in (layer, torch.compile(layer, fullgraph=True)):
+        l, xx = logits.clone().requires_grad_(True), x.clone().requires_grad_(True)
+        out = fn(l, xx)
+        out.backward()
+        results.append((out.detach(), l.grad, xx.grad))
+    for eager, compiled in zip(*results):
+        torch.testing.assert_close(compiled, eager)
+
+
+def test_double_backward_raises_a_clear_error():
+    x = torch.randn(6, 3, dtype=torch.float64, requires_grad=True)
+    plan = moeroute.route(torch.randn(6, 4, dtype=torch.float64), 2)
+    y = moeroute.combine(moeroute.permute(x, plan), plan)
+    (grad,) = torch.autograd.grad(y.square().sum(), x, create_graph=True)
+    with pytest.raises(RuntimeError, match="(?i)autograd|differentiable|backward"):
+        grad.sum().backward()
+
+
+def test_non_contiguous_inputs_and_zero_copy_storage():
+    base = torch.randn(6, 8)
+    logits = base[:, ::2]
+    assert not logits.is_contiguous()
+    plan = moeroute.route(logits, 2)
+    ref = moeroute.route(logits.contiguous().numpy(), 2)
+    np.testing.assert_array_equal(plan.expert_ids.numpy(), ref.expert_ids)
+    for dtype in (torch.float32, torch.bfloat16, torch.float16):
+        t = torch.randn(4, 3).to(dtype)
+        array, _ = to_storage(t, "x", 2)
+        assert array.__array_interface__["data"][0] == t.data_ptr()
+
+
+def test_torch_errors_name_the_argument():
+    with pytest.raises(moeroute.DTypeError, match="logits"):
+        moeroute.route(torch.zeros(4, 3, dtype=torch.int64), 1)
+    with pytest.raises(moeroute.ShapeError, match="logits"):
+        moeroute.route(torch.zeros(4), 1)
+    with pytest.raises(moeroute.ArgumentError, match=r"\bk\b"):
+        moeroute.route(torch.zeros(4, 3), 4)
+    plan = moeroute.route(torch.zeros(4, 3), 1)
+    with pytest.raises(moeroute.ShapeError, match=r"\bx\b"):
+        moeroute.permute(torch.zeros(5, 2), plan)
+    with pytest.raises(moeroute.LogitsError, match="logits"):
+        moeroute.route(torch.full((2, 3), float("nan")), 1)
+
+
+def test_python_plan_layout_matches_the_core():
+    from hypothesis import given, strategies as st
+
+    @given(st.integers(0, 500), st.integers(1, 64), st.integers(1, 8), st.none() | st.integers(0, 50),
+           st.none() | st.sampled_from([0.25, 0.5, 1.0, 1.25, 2.0, 3.7]), st.integers(0, 9),
+           st.integers(1, 8), st.integers(1, 5))
+    def check(t, e, k, capacity, factor, min_capacity, multiple, pad_to):
+        if capacity is not None and factor is not None:
+            factor = None
+        k = min(k, e)
+        assert _ops.plan_layout(t, e, k, capacity, factor, min_capacity, multiple, pad_to) == \
+            moeroute._core.plan_layout(t, e, k, capacity, factor, min_capacity, multiple, pad_to)
+
+    check()

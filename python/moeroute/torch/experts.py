@@ -1,0 +1,107 @@
+"""Expert feed-forward networks held as stacked weights [E, ...] and run over the expert segments
+of the permuted rows: torch's grouped matmul where the installed torch has it, a per-segment loop
+otherwise. Custom expert modules (any nn.Module, including another MoE) run segment by segment."""
+
+from __future__ import annotations
+
+import math
+from typing import Optional, Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ..errors import ArgumentError
+
+_GROUPED_MM = getattr(F, "grouped_mm", None) or getattr(torch, "_grouped_mm", None)
+
+
+def grouped_matmul(rows: torch.Tensor, weights: torch.Tensor, expert_offsets: torch.Tensor) -> torch.Tensor:
+    """out[r] = rows[r] @ weights[e] for the rows r of expert e's segment (rows past the last
+    segment, i.e. padding, come out as zeros). rows: (R, K), weights: (E, K, N)."""
+    ends = expert_offsets[1:]
+    if _GROUPED_MM is not None and rows.dtype == weights.dtype:
+        try:
+            out = _GROUPED_MM(rows, weights, offs=ends.to(torch.int32))
+            return _zero_tail(out, expert_offsets)
+        except (RuntimeError, NotImplementedError):
+            pass  # e.g. strides this build's kernel does not take: use the loop below
+    return segment_loop(rows, expert_offsets, lambda e, seg: seg @ weights[e], weights.shape[-1])
+
+
+def _zero_tail(out: torch.Tensor, expert_offsets: torch.Tensor) -> torch.Tensor:
+    used = int(expert_offsets[-1])
+    if used == out.shape[0]:
+        return out
+    return torch.cat([out[:used], out.new_zeros((out.shape[0] - used, out.shape[1]))])
+
+
+def segment_loop(rows: torch.Tensor, expert_offsets: torch.Tensor, fn, out_features: int) -> torch.Tensor:
+    """Runs fn(e, rows of segment e) for each expert and stacks the results in row order."""
+    bounds = expert_offsets.tolist()
+    pieces = []
+    for e in range(len(bounds) - 1):
+        lo, hi = bounds[e], bounds[e + 1]
+        if hi > lo:
+            pieces.append(fn(e, rows[lo:hi]))
+    tail = rows.shape[0] - bounds[-1]
+    if tail:
+        pieces.append(rows.new_zeros((tail, out_features)))
+    if not pieces:
+        return rows.new_zeros((rows.shape[0], out_features))
+    return torch.cat(pieces)
+
+
+class StackedFFN(nn.Module):
+    """E feed-forward experts with stacked weights: SwiGLU (w_gate, w_up, w_down) or GELU
+    (w_in, w_out), with no biases (as Mixtral / DeepSeek experts).
+
+    Args:
+        num_experts: E.
+        hidden_size: H, the model width.
+        ffn_size: F, each expert's inner width.
+        activation: "swiglu" or "gelu".
+    """
+
+    def __init__(self, num_experts: int, hidden_size: int, ffn_size: int, activation: str = "swiglu",
+                 dtype: Optional[torch.dtype] = None) -> None:
+        super().__init__()
+        if activation not in ("swiglu", "gelu"):
+            raise ArgumentError(f"activation: got {activation!r}, expected 'swiglu' or 'gelu'")
+        self.activation = activation
+        self.num_experts, self.hidden_size, self.ffn_size = num_experts, hidden_size, ffn_size
+        def param(*shape, fan_in):
+            bound = 1.0 / math.sqrt(fan_in)
+            return nn.Parameter(torch.empty(*shape, dtype=dtype).uniform_(-bound, bound))
+        if activation == "swiglu":
+            self.w_gate = param(num_experts, hidden_size, ffn_size, fan_in=hidden_size)
+        self.w_up = param(num_experts, hidden_size, ffn_size, fan_in=hidden_size)
+        self.w_down = param(num_experts, ffn_size, hidden_size, fan_in=ffn_size)
+
+    def forward(self, xp: torch.Tensor, expert_offsets: torch.Tensor) -> torch.Tensor:
+        up = grouped_matmul(xp, self.w_up, expert_offsets)
+        if self.activation == "swiglu":
+            hidden = F.silu(grouped_matmul(xp, self.w_gate, expert_offsets)) * up
+        else:
+            hidden = F.gelu(up)
+        return grouped_matmul(hidden, self.w_down, expert_offsets)
+
+    def expert(self, e: int, rows: torch.Tensor) -> torch.Tensor:
+        """Expert e alone on some rows (the plain reference of what forward computes)."""
+        up = rows @ self.w_up[e]
+        hidden = F.silu(rows @ self.w_gate[e]) * up if self.activation == "swiglu" else F.gelu(up)
+        return hidden @ self.w_down[e]
+
+
+class ModuleExperts(nn.Module):
+    """Experts given as a list of modules mapping (n, H) -> (n, H); each runs on its own segment."""
+
+    def __init__(self, experts: Sequence[nn.Module]) -> None:
+        super().__init__()
+        self.experts = nn.ModuleList(experts)
+
+    def forward(self, xp: torch.Tensor, expert_offsets: torch.Tensor) -> torch.Tensor:
+        return segment_loop(xp, expert_offsets, lambda e, seg: self.experts[e](seg), xp.shape[1])
+
+    def expert(self, e: int, rows: torch.Tensor) -> torch.Tensor:
+        return self.experts[e](rows)

@@ -1,0 +1,178 @@
+"""moeroute.torch.MoE: a drop-in Mixture-of-Experts layer (router + experts + combine) built on
+moeroute's routing ops, with noisy top-k gating, input jitter, an auxiliary-loss-free selection
+bias and the auxiliary losses, and per-forward routing statistics."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Dict, Optional, Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .. import losses as _losses
+from ..errors import ArgumentError
+from ..ops import expert_choice, route
+from .experts import ModuleExperts, StackedFFN
+from ._ops import combine as _combine_op, permute as _permute_op
+
+
+@dataclass
+class RoutingStats:
+    """What the last forward pass did: kept picks per expert, picks before capacity, drops."""
+    tokens_per_expert: torch.Tensor
+    assigned_per_expert: torch.Tensor
+    num_dropped: int
+
+
+class MoE(nn.Module):
+    """A Mixture-of-Experts feed-forward layer for a transformer block, in place of its MLP.
+
+    Args:
+        hidden_size: H, the width of the tokens.
+        num_experts: E.
+        top_k: experts per token (token-choice routing).
+        ffn_size: each default expert's inner width (default 4 * H for GELU, 8/3 * H for SwiGLU).
+        activation: "swiglu" or "gelu" for the default stacked experts.
+        experts: your own list of E modules mapping (n, H) -> (n, H), instead of the defaults
+            (another MoE works too: hierarchical MoE).
+        routing: "token" (top-k per token) or "expert" (expert choice, Zhou et al. 2022).
+        score, normalize, scale, num_groups, topk_groups, capacity, capacity_factor, min_capacity,
+            capacity_multiple, priority, pad_to: as in moeroute.route (capacity_factor / capacity
+            also size expert choice).
+        noisy_gating: Shazeer's noisy top-k: a learned noise projection, noise only in training.
+        jitter: Switch-style multiplicative input jitter for the router, U(1 - jitter, 1 + jitter).
+        bias_update_rate: > 0 turns on DeepSeek-V3's auxiliary-loss-free balancing: a selection
+            bias per expert, updated after each training forward by rate * sign(mean load - load).
+        load_balancing_coef, z_loss_coef, importance_coef, noisy_load_coef: weights of the
+            auxiliary losses summed into `aux_loss` after each forward.
+
+    After each forward: `aux_loss` (0-d tensor to add to the training loss), `losses` (each term,
+    unweighted) and `stats` (RoutingStats).
+
+    Example:
+        >>> import torch
+        >>> from moeroute.torch import MoE
+        >>> layer = MoE(hidden_size=16, num_experts=4, top_k=2, ffn_size=32)
+        >>> layer(torch.randn(2, 5, 16)).shape
+        torch.Size([2, 5, 16])
+    """
+
+    def __init__(
+        self,
+        hidden_size: int,
+        num_experts: int,
+        top_k: int = 2,
+        *,
+        ffn_size: Optional[int] = None,
+        activation: str = "swiglu",
+        experts: Optional[Sequence[nn.Module]] = None,
+        routing: str = "token",
+        score: str = "softmax",
+        normalize: str = "topk",
+        scale: float = 1.0,
+        num_groups: Optional[int] = None,
+        topk_groups: Optional[int] = None,
+        capacity: Optional[int] = None,
+        capacity_factor: Optional[float] = None,
+        min_capacity: int = 0,
+        capacity_multiple: int = 1,
+        priority: str = "slot",
+        pad_to: int = 1,
+        noisy_gating: bool = False,
+        jitter: float = 0.0,
+        bias_update_rate: float = 0.0,
+        load_balancing_coef: float = 0.0,
+        z_loss_coef: float = 0.0,
+        importance_coef: float = 0.0,
+        noisy_load_coef: float = 0.0,
+    ) -> None:
+        super().__init__()
+        if routing not in ("token", "expert"):
+            raise ArgumentError(f"routing: got {routing!r}, expected 'token' or 'expert'")
+        if experts is not None and len(experts) != num_experts:
+            raise ArgumentError(f"experts: got {len(experts)} modules, expected num_experts = {num_experts}")
+        self.hidden_size, self.num_experts, self.top_k, self.routing = hidden_size, num_experts, top_k, routing
+        self.route_options = dict(score=score, normalize=normalize, scale=scale, num_groups=num_groups,
+                                  topk_groups=topk_groups, capacity=capacity, capacity_factor=capacity_factor,
+                                  min_capacity=min_capacity, capacity_multiple=capacity_multiple,
+                                  priority=priority, pad_to=pad_to)
+        self.router = nn.Linear(hidden_size, num_experts, bias=False)
+        self.noise = nn.Linear(hidden_size, num_experts, bias=False) if noisy_gating else None
+        if self.noise is not None:
+            nn.init.zeros_(self.noise.weight)
+        self.jitter = jitter
+        self.bias_update_rate = bias_update_rate
+        self.register_buffer("expert_bias", torch.zeros(num_experts), persistent=True)
+        if experts is None:
+            default_ffn = (8 * hidden_size + 2) // 3 if activation == "swiglu" else 4 * hidden_size
+            self.experts: nn.Module = StackedFFN(num_experts, hidden_size, ffn_size or default_ffn, activation)
+        else:
+            self.experts = ModuleExperts(experts)
+        self.coefficients = dict(load_balancing=load_balancing_coef, z_loss=z_loss_coef,
+                                 importance=importance_coef, noisy_load=noisy_load_coef)
+        self.aux_loss: torch.Tensor = torch.zeros(())
+        self.losses: Dict[str, torch.Tensor] = {}
+        self.stats: Optional[RoutingStats] = None
+
+    def router_logits(self, tokens: torch.Tensor):
+        """(logits used for routing, clean logits, noise std or None)."""
+        router_in = tokens
+        if self.training and self.jitter > 0:
+            router_in = tokens * torch.empty_like(tokens).uniform_(1.0 - self.jitter, 1.0 + self.jitter)
+        clean = self.router(router_in)
+        if self.noise is None or not self.training:
+            return clean, clean, None
+        noise_std = F.softplus(self.noise(router_in)) + 1e-2
+        return clean + torch.randn_like(clean) * noise_std, clean, noise_std
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        shape = x.shape
+        tokens = x.reshape(-1, self.hidden_size)
+        logits, clean, noise_std = self.router_logits(tokens)
+        plan = self.plan(logits)
+        xp = _permute_op(tokens, plan.src, plan.dest)
+        yp = self.experts(xp, plan.expert_offsets)
+        y = _combine_op(yp, plan.dest, plan.src, plan.weights)
+        self._record(plan, clean, logits, noise_std)
+        return y.reshape(shape)
+
+    def plan(self, logits: torch.Tensor):
+        """The RoutingPlan of these router logits (float32 routing for half-precision logits)."""
+        if logits.dtype in (torch.float16, torch.bfloat16):
+            logits = logits.float()
+        o = self.route_options
+        if self.routing == "expert":
+            return expert_choice(logits, capacity=o["capacity"], capacity_factor=o["capacity_factor"] or 1.0)
+        bias = self.expert_bias if self.bias_update_rate > 0 else None
+        return route(logits, self.top_k, bias=bias, **o)
+
+    def _record(self, plan, clean: torch.Tensor, logits: torch.Tensor, noise_std: Optional[torch.Tensor]) -> None:
+        terms: Dict[str, torch.Tensor] = {}
+        c = self.coefficients
+        if c["load_balancing"]:
+            terms["load_balancing"] = _losses.load_balancing_loss(plan)
+        if c["z_loss"]:
+            terms["z_loss"] = _losses.z_loss(clean)
+        if c["importance"]:
+            terms["importance"] = _losses.importance_loss(plan)
+        if c["noisy_load"] and noise_std is not None:
+            terms["noisy_load"] = _losses.noisy_load_loss(clean, noise_std, logits.detach(), self.top_k)
+        self.losses = terms
+        self.aux_loss = sum((c[name] * value for name, value in terms.items()), clean.new_zeros(()))
+        self.stats = RoutingStats(plan.tokens_per_expert.detach(), plan.assigned_per_expert.detach(),
+                                  plan.num_dropped)
+        if self.training and self.bias_update_rate > 0:
+            with torch.no_grad():
+                load = plan.assigned_per_expert.to(self.expert_bias.dtype)
+                self.expert_bias += self.bias_update_rate * torch.sign(load.mean() - load)
+
+
+def aux_loss(model: nn.Module) -> torch.Tensor:
+    """The sum of `aux_loss` over every MoE layer in `model` (nested ones included)."""
+    total = torch.zeros(())
+    for module in model.modules():
+        if isinstance(module, MoE):
+            total = total + module.aux_loss
+    return total

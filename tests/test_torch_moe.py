@@ -122,5 +122,5 @@ def test_training_loss_falls():
         loss = F.mse_loss(layer(x), target)
         (loss + layer.aux_loss).backward()
         opt.step()
-        losses.append(float(loss))
+        losses.append(loss.item())
     assert losses[-1] < 0.5 * losses[0]

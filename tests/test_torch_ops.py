@@ -205,3 +205,19 @@ def test_python_plan_layout_matches_the_core():
             moeroute._core.plan_layout(t, e, k, capacity, factor, min_capacity, multiple, pad_to)
 
     check()
+
+
+def test_backward_functions_take_tensors():
+    logits, logits_np = tensor_and_array((8, 4), "float32", seed=9)
+    plan, ref = moeroute.route(logits, 2, capacity=3), moeroute.route(logits_np, 2, capacity=3)
+    grad_xp, grad_xp_np = tensor_and_array((plan.num_rows, 5), "float32", seed=10)
+    np.testing.assert_array_equal(moeroute.permute_backward(grad_xp, plan).numpy(),
+                                  moeroute.permute_backward(grad_xp_np, ref))
+    grad_y, grad_y_np = tensor_and_array((8, 5), "float32", seed=11)
+    got = moeroute.combine_backward(grad_y, grad_xp, plan)
+    want = moeroute.combine_backward(grad_y_np, grad_xp_np, ref)
+    for g, w in zip(got, want):
+        np.testing.assert_array_equal(g.numpy(), w)
+    grad_w = torch.from_numpy(want[1])
+    np.testing.assert_array_equal(moeroute.route_backward(grad_w, plan, logits).numpy(),
+                                  moeroute.route_backward(want[1], ref, logits_np))

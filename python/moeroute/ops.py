@@ -206,6 +206,9 @@ def permute_backward(grad_xp: Any, plan: RoutingPlan) -> np.ndarray:
         grad_x: (T, H), dtype of grad_xp.
     """
     plan = _check_plan(plan)
+    if _is_torch(grad_xp):
+        from .torch import _front
+        return _front.permute_backward(grad_xp, plan)
     storage, dtype_name, dtype = activation(grad_xp, "grad_xp", ndim=2)
     _expect_rows("grad_xp", storage, plan.num_rows, "R = plan.num_rows")
     return restore(_core.permute_backward(storage, dtype_name, plan.dest), dtype)
@@ -225,6 +228,9 @@ def combine_backward(grad_y: Any, yp: Any, plan: RoutingPlan, weights: Any = Non
         grad_weights: (T, S), dtype of the weights: <grad_y[t], yp[dest[t,s]]>, 0 where dropped.
     """
     plan = _check_plan(plan)
+    if _is_torch(yp):
+        from .torch import _front
+        return _front.combine_backward(grad_y, yp, plan, weights)
     yp_storage, dtype_name, dtype = activation(yp, "yp", ndim=2)
     gy_storage, gy_dtype_name, _ = activation(grad_y, "grad_y", ndim=2)
     if gy_dtype_name != dtype_name:
@@ -251,6 +257,9 @@ def route_backward(grad_weights: Any, plan: RoutingPlan, logits: Any) -> np.ndar
         grad_logits: (T, E), dtype of logits.
     """
     plan = _check_plan(plan)
+    if _is_torch(logits):
+        from .torch import _front
+        return _front.route_backward(grad_weights, plan, logits)
     storage, _, dtype = activation(logits, "logits", ndim=2)
     if storage.shape != plan.probs.shape:
         raise ShapeError(f"logits: got shape {list(storage.shape)}, expected {list(plan.probs.shape)} (the plan's T, E)")

@@ -63,3 +63,28 @@ def combine(yp: torch.Tensor, plan: RoutingPlan, weights: Optional[torch.Tensor]
     if tuple(w.shape) != tuple(plan.expert_ids.shape):
         raise ShapeError(f"weights: got shape {list(w.shape)}, expected {list(plan.expert_ids.shape)} (T, S)")
     return _ops.combine(yp, plan.dest, plan.src, w)
+
+
+def permute_backward(grad_xp: torch.Tensor, plan: RoutingPlan) -> torch.Tensor:
+    check_activation(grad_xp, "grad_xp")
+    _expect_rows("grad_xp", grad_xp, plan.num_rows, "R = plan.num_rows")
+    return _ops.permute_backward(grad_xp, plan.dest)
+
+
+def combine_backward(grad_y: torch.Tensor, yp: torch.Tensor, plan: RoutingPlan,
+                     weights: Optional[torch.Tensor] = None):
+    check_activation(yp, "yp")
+    check_activation(grad_y, "grad_y")
+    _expect_rows("yp", yp, plan.num_rows, "R = plan.num_rows")
+    _expect_rows("grad_y", grad_y, plan.num_tokens, "T = plan.num_tokens")
+    w = plan.weights if weights is None else weights
+    return _ops.combine_backward(grad_y, yp, plan.dest, plan.src, w.detach())
+
+
+def route_backward(grad_weights: torch.Tensor, plan: RoutingPlan, logits: torch.Tensor) -> torch.Tensor:
+    check_activation(logits, "logits")
+    if tuple(logits.shape) != tuple(plan.probs.shape):
+        raise ShapeError(f"logits: got shape {list(logits.shape)}, expected {list(plan.probs.shape)} (the plan's T, E)")
+    grad = _ops.route_backward(grad_weights, None, plan.probs.detach(), plan.expert_ids, plan.dest,
+                               plan.score, plan.normalize, plan.scale)
+    return grad.to(logits.dtype)

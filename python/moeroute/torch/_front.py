@@ -31,8 +31,8 @@ def route(logits: torch.Tensor, options: tuple) -> RoutingPlan:
     (k, score, normalize, scale, bias, num_groups, topk_groups, capacity, capacity_factor,
      min_capacity, capacity_multiple, priority, pad_to) = options
     bias_t = None if bias is None else torch.as_tensor(bias, dtype=torch.float64)
-    outputs = _ops.route(logits, k, score, normalize, scale, bias_t, num_groups, topk_groups, capacity,
-                         capacity_factor, min_capacity, capacity_multiple, priority, pad_to)
+    outputs = _ops.call(_ops.route, _ops.route_impl, logits, k, score, normalize, scale, bias_t, num_groups,
+                        topk_groups, capacity, capacity_factor, min_capacity, capacity_multiple, priority, pad_to)
     t, e = logits.shape
     resolved, _ = _ops.plan_layout(int(t), int(e), k, capacity, capacity_factor, min_capacity,
                                    capacity_multiple, pad_to)
@@ -41,7 +41,7 @@ def route(logits: torch.Tensor, options: tuple) -> RoutingPlan:
 
 def expert_choice(logits: torch.Tensor, capacity: Optional[int], capacity_factor: float) -> RoutingPlan:
     check_activation(logits, "logits")
-    outputs = _ops.expert_choice(logits, capacity, capacity_factor)
+    outputs = _ops.call(_ops.expert_choice, _ops.expert_choice_impl, logits, capacity, capacity_factor)
     return _plan(outputs, int(outputs[4].shape[0]) // max(int(logits.shape[1]), 1), "softmax", "none", 1.0)
 
 
@@ -53,7 +53,7 @@ def _expect_rows(name: str, t: torch.Tensor, rows: int, what: str) -> None:
 def permute(x: torch.Tensor, plan: RoutingPlan) -> torch.Tensor:
     check_activation(x, "x")
     _expect_rows("x", x, plan.num_tokens, "T = plan.num_tokens")
-    return _ops.permute(x, plan.src, plan.dest)
+    return _ops.call(_ops.permute, _ops.permute_impl, x, plan.src, plan.dest)
 
 
 def combine(yp: torch.Tensor, plan: RoutingPlan, weights: Optional[torch.Tensor] = None) -> torch.Tensor:
@@ -62,13 +62,13 @@ def combine(yp: torch.Tensor, plan: RoutingPlan, weights: Optional[torch.Tensor]
     w = plan.weights if weights is None else weights
     if tuple(w.shape) != tuple(plan.expert_ids.shape):
         raise ShapeError(f"weights: got shape {list(w.shape)}, expected {list(plan.expert_ids.shape)} (T, S)")
-    return _ops.combine(yp, plan.dest, plan.src, w)
+    return _ops.call(_ops.combine, _ops.combine_impl, yp, plan.dest, plan.src, w)
 
 
 def permute_backward(grad_xp: torch.Tensor, plan: RoutingPlan) -> torch.Tensor:
     check_activation(grad_xp, "grad_xp")
     _expect_rows("grad_xp", grad_xp, plan.num_rows, "R = plan.num_rows")
-    return _ops.permute_backward(grad_xp, plan.dest)
+    return _ops.call(_ops.permute_backward, _ops.permute_backward_impl, grad_xp, plan.dest)
 
 
 def combine_backward(grad_y: torch.Tensor, yp: torch.Tensor, plan: RoutingPlan,
@@ -78,13 +78,13 @@ def combine_backward(grad_y: torch.Tensor, yp: torch.Tensor, plan: RoutingPlan,
     _expect_rows("yp", yp, plan.num_rows, "R = plan.num_rows")
     _expect_rows("grad_y", grad_y, plan.num_tokens, "T = plan.num_tokens")
     w = plan.weights if weights is None else weights
-    return _ops.combine_backward(grad_y, yp, plan.dest, plan.src, w.detach())
+    return _ops.call(_ops.combine_backward, _ops.combine_backward_impl, grad_y, yp, plan.dest, plan.src, w.detach())
 
 
 def route_backward(grad_weights: torch.Tensor, plan: RoutingPlan, logits: torch.Tensor) -> torch.Tensor:
     check_activation(logits, "logits")
     if tuple(logits.shape) != tuple(plan.probs.shape):
         raise ShapeError(f"logits: got shape {list(logits.shape)}, expected {list(plan.probs.shape)} (the plan's T, E)")
-    grad = _ops.route_backward(grad_weights, None, plan.probs.detach(), plan.expert_ids, plan.dest,
-                               plan.score, plan.normalize, plan.scale)
+    grad = _ops.call(_ops.route_backward, _ops.route_backward_impl, grad_weights, None, plan.probs.detach(),
+                     plan.expert_ids, plan.dest, plan.score, plan.normalize, plan.scale)
     return grad.to(logits.dtype)

@@ -19,6 +19,16 @@ PLAN_FIELDS = ("weights", "probs", "expert_ids", "dest", "src", "expert_offsets"
                "tokens_per_expert", "assigned_per_expert")
 
 
+def call(op, impl, *args):
+    """Runs the custom op `op` under torch.compile or when autograd has to record the call, and
+    the same implementation `impl` directly otherwise (eager inference skips the dispatcher)."""
+    if torch.compiler.is_compiling():
+        return op(*args)
+    if torch.is_grad_enabled() and any(isinstance(a, Tensor) and a.requires_grad for a in args):
+        return op(*args)
+    return impl(*args)
+
+
 def plan_layout(num_tokens: int, num_experts: int, k: int, capacity: Optional[int],
                 capacity_factor: Optional[float], min_capacity: int, capacity_multiple: int,
                 pad_to: int) -> Tuple[Optional[int], int]:
@@ -49,8 +59,7 @@ def _fake_plan(logits: Tensor, slots: int, rows: int) -> PlanTensors:
 
 # ----------------------------------------------------------------------------------- route
 
-@torch.library.custom_op("moeroute::route", mutates_args=())
-def route(logits: Tensor, k: int, score: str, normalize: str, scale: float, bias: Optional[Tensor],
+def route_impl(logits: Tensor, k: int, score: str, normalize: str, scale: float, bias: Optional[Tensor],
           num_groups: Optional[int], topk_groups: Optional[int], capacity: Optional[int],
           capacity_factor: Optional[float], min_capacity: int, capacity_multiple: int,
           priority: str, pad_to: int) -> PlanTensors:
@@ -60,6 +69,9 @@ def route(logits: Tensor, k: int, score: str, normalize: str, scale: float, bias
                          topk_groups, capacity, capacity_factor, min_capacity, capacity_multiple,
                          priority, pad_to)
     return _plan_tensors(fields)
+
+
+route = torch.library.custom_op("moeroute::route", mutates_args=())(route_impl)
 
 
 @route.register_fake
@@ -90,8 +102,7 @@ def _route_backward(ctx, grad_weights, grad_probs, *unused):
 route.register_autograd(_route_backward, setup_context=_route_setup)
 
 
-@torch.library.custom_op("moeroute::route_backward", mutates_args=())
-def route_backward(grad_weights: Tensor, grad_probs: Optional[Tensor], probs: Tensor, expert_ids: Tensor,
+def route_backward_impl(grad_weights: Tensor, grad_probs: Optional[Tensor], probs: Tensor, expert_ids: Tensor,
                    dest: Tensor, score: str, normalize: str, scale: float) -> Tensor:
     acc = probs.dtype
     gp = None if grad_probs is None else index_array(grad_probs.to(acc), "grad_probs")
@@ -101,6 +112,9 @@ def route_backward(grad_weights: Tensor, grad_probs: Optional[Tensor], probs: Te
     return torch.from_numpy(grad)
 
 
+route_backward = torch.library.custom_op("moeroute::route_backward", mutates_args=())(route_backward_impl)
+
+
 @route_backward.register_fake
 def _(grad_weights, grad_probs, probs, expert_ids, dest, score, normalize, scale):
     return torch.empty_like(probs)
@@ -108,10 +122,12 @@ def _(grad_weights, grad_probs, probs, expert_ids, dest, score, normalize, scale
 
 # --------------------------------------------------------------------------- expert choice
 
-@torch.library.custom_op("moeroute::expert_choice", mutates_args=())
-def expert_choice(logits: Tensor, capacity: Optional[int], capacity_factor: float) -> PlanTensors:
+def expert_choice_impl(logits: Tensor, capacity: Optional[int], capacity_factor: float) -> PlanTensors:
     storage, dtype_name = to_storage(logits, "logits", 2)
     return _plan_tensors(_core.expert_choice(storage, dtype_name, capacity, capacity_factor))
+
+
+expert_choice = torch.library.custom_op("moeroute::expert_choice", mutates_args=())(expert_choice_impl)
 
 
 @expert_choice.register_fake
@@ -136,10 +152,12 @@ expert_choice.register_autograd(_expert_choice_backward, setup_context=_expert_c
 
 # -------------------------------------------------------------------------------- permute
 
-@torch.library.custom_op("moeroute::permute", mutates_args=())
-def permute(x: Tensor, src: Tensor, dest: Tensor) -> Tensor:
+def permute_impl(x: Tensor, src: Tensor, dest: Tensor) -> Tensor:
     storage, dtype_name = to_storage(x, "x", 2)
     return from_storage(_core.permute(storage, dtype_name, index_array(src, "plan.src")), dtype_name)
+
+
+permute = torch.library.custom_op("moeroute::permute", mutates_args=())(permute_impl)
 
 
 @permute.register_fake
@@ -147,10 +165,12 @@ def _(x, src, dest):
     return x.new_empty((src.shape[0], x.shape[1]))
 
 
-@torch.library.custom_op("moeroute::permute_backward", mutates_args=())
-def permute_backward(grad_xp: Tensor, dest: Tensor) -> Tensor:
+def permute_backward_impl(grad_xp: Tensor, dest: Tensor) -> Tensor:
     storage, dtype_name = to_storage(grad_xp, "grad_xp", 2)
     return from_storage(_core.permute_backward(storage, dtype_name, index_array(dest, "plan.dest")), dtype_name)
+
+
+permute_backward = torch.library.custom_op("moeroute::permute_backward", mutates_args=())(permute_backward_impl)
 
 
 @permute_backward.register_fake
@@ -176,11 +196,13 @@ def _weights_array(weights: Tensor, yp: Tensor) -> np.ndarray:
     return index_array(weights.to(accumulation_dtype(yp.dtype)), "weights")
 
 
-@torch.library.custom_op("moeroute::combine", mutates_args=())
-def combine(yp: Tensor, dest: Tensor, src: Tensor, weights: Tensor) -> Tensor:
+def combine_impl(yp: Tensor, dest: Tensor, src: Tensor, weights: Tensor) -> Tensor:
     storage, dtype_name = to_storage(yp, "yp", 2)
     y = _core.combine(storage, dtype_name, index_array(dest, "plan.dest"), _weights_array(weights, yp))
     return from_storage(y, dtype_name)
+
+
+combine = torch.library.custom_op("moeroute::combine", mutates_args=())(combine_impl)
 
 
 @combine.register_fake
@@ -188,13 +210,15 @@ def _(yp, dest, src, weights):
     return yp.new_empty((dest.shape[0], yp.shape[1]))
 
 
-@torch.library.custom_op("moeroute::combine_backward", mutates_args=())
-def combine_backward(grad_y: Tensor, yp: Tensor, dest: Tensor, src: Tensor, weights: Tensor) -> Tuple[Tensor, Tensor]:
+def combine_backward_impl(grad_y: Tensor, yp: Tensor, dest: Tensor, src: Tensor, weights: Tensor) -> Tuple[Tensor, Tensor]:
     yp_storage, dtype_name = to_storage(yp, "yp", 2)
     gy_storage, _ = to_storage(grad_y.to(yp.dtype), "grad_y", 2)
     grad_yp, grad_w = _core.combine_backward(gy_storage, yp_storage, dtype_name, index_array(dest, "plan.dest"),
                                              index_array(src, "plan.src"), _weights_array(weights, yp))
     return from_storage(grad_yp, dtype_name), torch.from_numpy(grad_w).to(weights.dtype)
+
+
+combine_backward = torch.library.custom_op("moeroute::combine_backward", mutates_args=())(combine_backward_impl)
 
 
 @combine_backward.register_fake

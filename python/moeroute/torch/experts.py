@@ -23,6 +23,9 @@ def grouped_matmul(rows: torch.Tensor, weights: torch.Tensor, expert_offsets: to
     if _GROUPED_MM is not None and rows.dtype == weights.dtype:
         try:
             out = _GROUPED_MM(rows, weights, offs=ends.to(torch.int32))
+            if out.requires_grad:
+                # grouped_mm's backward rejects stride-0 gradients (e.g. from .sum()).
+                out.register_hook(lambda grad: grad.contiguous())
             return _zero_tail(out, expert_offsets)
         except (RuntimeError, NotImplementedError):
             pass  # e.g. strides this build's kernel does not take: use the loop below

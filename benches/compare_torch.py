@@ -20,6 +20,8 @@ import statistics
 import sys
 import time
 from dataclasses import dataclass
+
+from compare import cpu_model  # benches/compare.py, beside this script
 from typing import Any, Callable, Sequence
 
 import numpy as np
@@ -730,15 +732,6 @@ def print_table(columns: tuple[str, ...], rows: list[tuple[str, ...]]) -> None:
     widths = [max(len(row[i]) for row in [columns, *rows]) for i in range(len(columns))]
     for row in [columns, tuple("-" * w for w in widths), *rows]:
         print("  ".join(cell.ljust(w) for cell, w in zip(row, widths)).rstrip())
-
-
-def cpu_model() -> str:
-    try:
-        with open("/proc/cpuinfo") as fh:
-            models = (line.split(":", 1)[1] for line in fh if line.startswith("model name"))
-            return next(models).strip()
-    except (OSError, StopIteration):
-        return platform.processor() or platform.machine()
 
 
 def load_average() -> list[float] | None:

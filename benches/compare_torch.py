@@ -20,12 +20,12 @@ import statistics
 import sys
 import time
 from dataclasses import dataclass
-
-from compare import cpu_model  # benches/compare.py, beside this script
 from typing import Any, Callable, Sequence
 
 import numpy as np
 import torch
+
+from compare import cpu_model  # benches/compare.py, beside this script
 import torch.nn.functional as F
 
 import moeroute

@@ -24,11 +24,10 @@ from typing import Any, Callable, Sequence
 
 import numpy as np
 import torch
-
-from compare import cpu_model  # benches/compare.py, beside this script
 import torch.nn.functional as F
 
 import moeroute
+from compare import cpu_model  # benches/compare.py, beside this script
 from moeroute import _core
 from moeroute.torch import MoE
 

@@ -26,6 +26,10 @@ pub enum Error {
     /// A size would overflow the int32 row index.
     #[error("{arg}: {what} = {value} exceeds the int32 row index limit {limit}")]
     IndexOverflow { arg: &'static str, what: &'static str, value: u128, limit: i64 },
+
+    /// The CUDA driver is missing or failed (CUDA ops only).
+    #[error("CUDA: {problem}")]
+    Cuda { problem: String },
 }
 
 pub type Result<T> = std::result::Result<T, Error>;

@@ -1,7 +1,8 @@
 //! moeroute: Mixture-of-Experts routing — gating, capacity, expert choice, permute and combine, with
-//! backward passes — as CPU kernels on plain slices, plus pyo3 bindings (feature `python`).
+//! backward passes — as CPU kernels on plain slices, CUDA kernels launched through cudarc, plus pyo3 bindings (feature `python`).
 
 pub mod cpu;
+pub mod cuda;
 pub mod dtype;
 pub mod error;
 pub mod routing;

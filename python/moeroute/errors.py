@@ -29,6 +29,10 @@ class IndexOverflowError(MoerouteError, ValueError):
     """A size would overflow the int32 row index of the permuted buffer."""
 
 
+class CudaError(MoerouteError, RuntimeError):
+    """A CUDA op could not run: no NVIDIA driver, no such device, or a driver call failed."""
+
+
 __all__ = [
     "MoerouteError",
     "ShapeError",
@@ -37,4 +41,5 @@ __all__ = [
     "LogitsError",
     "PlanError",
     "IndexOverflowError",
+    "CudaError",
 ]

@@ -87,7 +87,12 @@ def _route_options(k, num_experts, score, normalize, scale, bias, num_groups, to
     k = integer(k, "k")
     if not 1 <= k <= max(num_experts, 1):
         raise ArgumentError(f"k: got {k}, expected an integer in [1, {num_experts}] (the number of experts)")
-    if bias is not None:
+    if bias is not None and _is_torch(bias) and bias.is_cuda:
+        # A device bias stays on the device (no host round trip); its values are not checked.
+        if bias.dim() != 1 or bias.shape[0] != num_experts or not bias.dtype.is_floating_point:
+            raise ShapeError(f"bias: got shape {list(bias.shape)} ({bias.dtype}), expected [{num_experts}] floats "
+                             "(one per expert)")
+    elif bias is not None:
         bias = float_array(bias.detach().cpu().double().numpy() if _is_torch(bias) else bias,
                            "bias", np.float64, ndim=1)
     return (

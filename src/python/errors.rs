@@ -14,6 +14,7 @@ impl From<Error> for PyErr {
             Error::Logits { .. } => "LogitsError",
             Error::Plan { .. } => "PlanError",
             Error::IndexOverflow { .. } => "IndexOverflowError",
+            Error::Cuda { .. } => "CudaError",
         };
         let message = err.to_string();
         Python::attach(|py| {

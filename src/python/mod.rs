@@ -3,6 +3,7 @@
 
 mod arrays;
 mod buffer_pool;
+mod cuda;
 mod errors;
 mod losses;
 mod ops;
@@ -35,5 +36,6 @@ fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     routing::register(m)?;
     ops::register(m)?;
     losses::register(m)?;
+    cuda::register(m)?;
     Ok(())
 }

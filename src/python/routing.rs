@@ -35,6 +35,48 @@ fn logits_shape(shape: &[usize]) -> PyResult<(usize, usize)> {
     Ok((shape[0], shape[1]))
 }
 
+/// route's options from the arguments of the binding (shared with the CUDA binding).
+#[allow(clippy::too_many_arguments)]
+pub(super) fn route_options(
+    k: usize,
+    score: &str,
+    normalize: &str,
+    scale: f64,
+    bias: Option<Vec<f64>>,
+    num_groups: Option<usize>,
+    topk_groups: Option<usize>,
+    capacity: Option<usize>,
+    capacity_factor: Option<f64>,
+    min_capacity: usize,
+    capacity_multiple: usize,
+    priority: &str,
+    pad_to: usize,
+) -> PyResult<RouteOptions> {
+    let groups = match (num_groups, topk_groups) {
+        (None, None) => None,
+        (Some(num_groups), Some(topk_groups)) => Some(GroupLimit { num_groups, topk_groups }),
+        _ => {
+            return Err(crate::Error::Argument {
+                arg: "num_groups",
+                got: format!("num_groups={num_groups:?}, topk_groups={topk_groups:?}"),
+                expected: "both num_groups and topk_groups, or neither".into(),
+            }
+            .into())
+        }
+    };
+    Ok(RouteOptions {
+        top_k: k,
+        score: ScoreFunction::parse(score)?,
+        normalize: Normalize::parse(normalize)?,
+        scale,
+        bias,
+        groups,
+        capacity: CapacityRequest { capacity, capacity_factor, min_capacity, capacity_multiple },
+        priority: Priority::parse(priority)?,
+        pad_to,
+    })
+}
+
 /// route(logits, dtype, k, ...) -> dict of plan arrays.
 #[pyfunction]
 #[pyo3(signature = (logits, dtype_name, k, score, normalize, scale, bias, num_groups, topk_groups,
@@ -58,29 +100,8 @@ fn route<'py>(
     priority: &str,
     pad_to: usize,
 ) -> PyResult<Bound<'py, PyDict>> {
-    let groups = match (num_groups, topk_groups) {
-        (None, None) => None,
-        (Some(num_groups), Some(topk_groups)) => Some(GroupLimit { num_groups, topk_groups }),
-        _ => {
-            return Err(crate::Error::Argument {
-                arg: "num_groups",
-                got: format!("num_groups={num_groups:?}, topk_groups={topk_groups:?}"),
-                expected: "both num_groups and topk_groups, or neither".into(),
-            }
-            .into())
-        }
-    };
-    let options = RouteOptions {
-        top_k: k,
-        score: ScoreFunction::parse(score)?,
-        normalize: Normalize::parse(normalize)?,
-        scale,
-        bias,
-        groups,
-        capacity: CapacityRequest { capacity, capacity_factor, min_capacity, capacity_multiple },
-        priority: Priority::parse(priority)?,
-        pad_to,
-    };
+    let options = route_options(k, score, normalize, scale, bias, num_groups, topk_groups, capacity, capacity_factor,
+                                min_capacity, capacity_multiple, priority, pad_to)?;
     with_activation!(dtype(dtype_name, "logits")?, A => {
         let logits = input::<<A as Stored>::Storage>(logits, "logits")?;
         let (t, e) = logits_shape(logits.shape())?;

@@ -21,10 +21,18 @@ _HALF_DTYPES = {"float16": torch.float16, "bfloat16": torch.bfloat16}
 
 def check_cpu(t: torch.Tensor, name: str) -> None:
     if t.device.type != "cpu":
-        raise DTypeError(
-            f"{name}: got a tensor on {t.device}, expected a CPU tensor (moeroute's CUDA kernels "
-            "are not available in this build)"
-        )
+        raise DTypeError(f"{name}: got a tensor on {t.device}, expected a CPU tensor")
+
+
+def check_device(t: torch.Tensor, name: str) -> None:
+    """CPU and CUDA tensors are supported."""
+    if t.device.type not in ("cpu", "cuda"):
+        raise DTypeError(f"{name}: got a tensor on {t.device}, expected a CPU or CUDA tensor")
+
+
+def check_same_device(t: torch.Tensor, name: str, other: torch.Tensor, other_name: str) -> None:
+    if t.device != other.device:
+        raise DTypeError(f"{name}: got a tensor on {t.device}, expected the device of {other_name} ({other.device})")
 
 
 def activation_name(t: torch.Tensor, name: str) -> str:

@@ -10,11 +10,11 @@ import torch
 from ..errors import ShapeError
 from ..plan import RoutingPlan
 from . import _ops
-from ._convert import activation_name, check_cpu
+from ._convert import activation_name, check_device, check_same_device
 
 
 def check_activation(t: torch.Tensor, name: str, ndim: int = 2) -> None:
-    check_cpu(t, name)
+    check_device(t, name)
     activation_name(t, name)
     if t.dim() != ndim:
         dims = ", ".join("_" for _ in range(ndim))
@@ -30,7 +30,11 @@ def _plan(outputs, capacity: Optional[int], score: str, normalize: str, scale: f
 def route(logits: torch.Tensor, options: tuple) -> RoutingPlan:
     (k, score, normalize, scale, bias, num_groups, topk_groups, capacity, capacity_factor,
      min_capacity, capacity_multiple, priority, pad_to) = options
-    bias_t = None if bias is None else torch.as_tensor(bias, dtype=torch.float64)
+    if isinstance(bias, torch.Tensor):
+        check_same_device(bias, "bias", logits, "logits")
+        bias_t = bias
+    else:
+        bias_t = None if bias is None else torch.as_tensor(bias, dtype=torch.float64)
     outputs = _ops.call(_ops.route, _ops.route_impl, logits, k, score, normalize, scale, bias_t, num_groups,
                         topk_groups, capacity, capacity_factor, min_capacity, capacity_multiple, priority, pad_to)
     t, e = logits.shape
@@ -52,14 +56,17 @@ def _expect_rows(name: str, t: torch.Tensor, rows: int, what: str) -> None:
 
 def permute(x: torch.Tensor, plan: RoutingPlan) -> torch.Tensor:
     check_activation(x, "x")
+    check_same_device(x, "x", plan.src, "plan")
     _expect_rows("x", x, plan.num_tokens, "T = plan.num_tokens")
     return _ops.call(_ops.permute, _ops.permute_impl, x, plan.src, plan.dest)
 
 
 def combine(yp: torch.Tensor, plan: RoutingPlan, weights: Optional[torch.Tensor] = None) -> torch.Tensor:
     check_activation(yp, "yp")
+    check_same_device(yp, "yp", plan.dest, "plan")
     _expect_rows("yp", yp, plan.num_rows, "R = plan.num_rows")
     w = plan.weights if weights is None else weights
+    check_same_device(w, "weights", plan.dest, "plan")
     if tuple(w.shape) != tuple(plan.expert_ids.shape):
         raise ShapeError(f"weights: got shape {list(w.shape)}, expected {list(plan.expert_ids.shape)} (T, S)")
     return _ops.call(_ops.combine, _ops.combine_impl, yp, plan.dest, plan.src, w)
@@ -67,6 +74,7 @@ def combine(yp: torch.Tensor, plan: RoutingPlan, weights: Optional[torch.Tensor]
 
 def permute_backward(grad_xp: torch.Tensor, plan: RoutingPlan) -> torch.Tensor:
     check_activation(grad_xp, "grad_xp")
+    check_same_device(grad_xp, "grad_xp", plan.dest, "plan")
     _expect_rows("grad_xp", grad_xp, plan.num_rows, "R = plan.num_rows")
     return _ops.call(_ops.permute_backward, _ops.permute_backward_impl, grad_xp, plan.dest)
 
@@ -75,6 +83,8 @@ def combine_backward(grad_y: torch.Tensor, yp: torch.Tensor, plan: RoutingPlan,
                      weights: Optional[torch.Tensor] = None):
     check_activation(yp, "yp")
     check_activation(grad_y, "grad_y")
+    check_same_device(yp, "yp", plan.dest, "plan")
+    check_same_device(grad_y, "grad_y", plan.dest, "plan")
     _expect_rows("yp", yp, plan.num_rows, "R = plan.num_rows")
     _expect_rows("grad_y", grad_y, plan.num_tokens, "T = plan.num_tokens")
     w = plan.weights if weights is None else weights

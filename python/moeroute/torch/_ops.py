@@ -10,6 +10,7 @@ import numpy as np
 import torch
 
 from .. import _core
+from . import _cuda
 from ._convert import accumulation_dtype, from_storage, index_array, to_storage
 
 Tensor = torch.Tensor
@@ -63,6 +64,11 @@ def route_impl(logits: Tensor, k: int, score: str, normalize: str, scale: float,
           num_groups: Optional[int], topk_groups: Optional[int], capacity: Optional[int],
           capacity_factor: Optional[float], min_capacity: int, capacity_multiple: int,
           priority: str, pad_to: int) -> PlanTensors:
+    if logits.is_cuda:
+        t, e = logits.shape
+        _, rows = plan_layout(int(t), int(e), k, capacity, capacity_factor, min_capacity, capacity_multiple, pad_to)
+        return _cuda.route(logits, rows, k, score, normalize, scale, bias, num_groups, topk_groups, capacity,  # type: ignore[return-value]
+                           capacity_factor, min_capacity, capacity_multiple, priority, pad_to)
     storage, dtype_name = to_storage(logits, "logits", 2)
     bias_list = None if bias is None else index_array(bias.to(torch.float64), "bias").tolist()
     fields = _core.route(storage, dtype_name, k, score, normalize, scale, bias_list, num_groups,
@@ -94,7 +100,7 @@ def _route_backward(ctx, grad_weights, grad_probs, *unused):
     probs, expert_ids, dest = ctx.saved_tensors
     score, normalize, scale, dtype = ctx.options
     if grad_weights is None:
-        grad_weights = torch.zeros(expert_ids.shape, dtype=probs.dtype)
+        grad_weights = torch.zeros(expert_ids.shape, dtype=probs.dtype, device=probs.device)
     grad_logits = route_backward(grad_weights, grad_probs, probs, expert_ids, dest, score, normalize, scale)
     return (grad_logits.to(dtype),) + (None,) * 13
 
@@ -104,6 +110,8 @@ route.register_autograd(_route_backward, setup_context=_route_setup)
 
 def route_backward_impl(grad_weights: Tensor, grad_probs: Optional[Tensor], probs: Tensor, expert_ids: Tensor,
                    dest: Tensor, score: str, normalize: str, scale: float) -> Tensor:
+    if probs.is_cuda:
+        return _cuda.route_backward(grad_weights, grad_probs, probs, expert_ids, dest, score, normalize, scale)
     acc = probs.dtype
     gp = None if grad_probs is None else index_array(grad_probs.to(acc), "grad_probs")
     grad = _core.route_backward(index_array(grad_weights.to(acc), "grad_weights"), gp, index_array(probs, "plan.probs"),
@@ -123,6 +131,10 @@ def _(grad_weights, grad_probs, probs, expert_ids, dest, score, normalize, scale
 # --------------------------------------------------------------------------- expert choice
 
 def expert_choice_impl(logits: Tensor, capacity: Optional[int], capacity_factor: float) -> PlanTensors:
+    if logits.is_cuda:
+        t, e = logits.shape
+        return _cuda.expert_choice(logits, capacity, capacity_factor, int(e) * _ec_capacity(int(t), int(e), capacity,  # type: ignore[return-value]
+                                                                                            capacity_factor))
     storage, dtype_name = to_storage(logits, "logits", 2)
     return _plan_tensors(_core.expert_choice(storage, dtype_name, capacity, capacity_factor))
 
@@ -130,11 +142,14 @@ def expert_choice_impl(logits: Tensor, capacity: Optional[int], capacity_factor:
 expert_choice = torch.library.custom_op("moeroute::expert_choice", mutates_args=())(expert_choice_impl)
 
 
+def _ec_capacity(t: int, e: int, capacity: Optional[int], capacity_factor: float) -> int:
+    return capacity if capacity is not None else math.ceil(t * capacity_factor / e)
+
+
 @expert_choice.register_fake
 def _(logits, capacity, capacity_factor):
     t, e = logits.shape
-    c = capacity if capacity is not None else math.ceil(int(t) * capacity_factor / int(e))
-    return _fake_plan(logits, int(e), int(e) * c)
+    return _fake_plan(logits, int(e), int(e) * _ec_capacity(int(t), int(e), capacity, capacity_factor))
 
 
 def _expert_choice_setup(ctx, inputs, output) -> None:
@@ -153,6 +168,8 @@ expert_choice.register_autograd(_expert_choice_backward, setup_context=_expert_c
 # -------------------------------------------------------------------------------- permute
 
 def permute_impl(x: Tensor, src: Tensor, dest: Tensor) -> Tensor:
+    if x.is_cuda:
+        return _cuda.permute(x, src)
     storage, dtype_name = to_storage(x, "x", 2)
     return from_storage(_core.permute(storage, dtype_name, index_array(src, "plan.src")), dtype_name)
 
@@ -166,6 +183,8 @@ def _(x, src, dest):
 
 
 def permute_backward_impl(grad_xp: Tensor, dest: Tensor) -> Tensor:
+    if grad_xp.is_cuda:
+        return _cuda.combine(grad_xp, dest, None)
     storage, dtype_name = to_storage(grad_xp, "grad_xp", 2)
     return from_storage(_core.permute_backward(storage, dtype_name, index_array(dest, "plan.dest")), dtype_name)
 
@@ -197,6 +216,8 @@ def _weights_array(weights: Tensor, yp: Tensor) -> np.ndarray:
 
 
 def combine_impl(yp: Tensor, dest: Tensor, src: Tensor, weights: Tensor) -> Tensor:
+    if yp.is_cuda:
+        return _cuda.combine(yp, dest, weights)
     storage, dtype_name = to_storage(yp, "yp", 2)
     y = _core.combine(storage, dtype_name, index_array(dest, "plan.dest"), _weights_array(weights, yp))
     return from_storage(y, dtype_name)
@@ -211,6 +232,8 @@ def _(yp, dest, src, weights):
 
 
 def combine_backward_impl(grad_y: Tensor, yp: Tensor, dest: Tensor, src: Tensor, weights: Tensor) -> Tuple[Tensor, Tensor]:
+    if yp.is_cuda:
+        return _cuda.combine_backward(grad_y, yp, dest, src, weights)
     yp_storage, dtype_name = to_storage(yp, "yp", 2)
     gy_storage, _ = to_storage(grad_y.to(yp.dtype), "grad_y", 2)
     grad_yp, grad_w = _core.combine_backward(gy_storage, yp_storage, dtype_name, index_array(dest, "plan.dest"),

@@ -1,11 +1,13 @@
 """moeroute: Mixture-of-Experts routing — top-k gating, capacity, expert choice, permute and
-combine, with backward passes — on a Rust core, for NumPy (and, later, PyTorch)."""
+combine, with backward passes — on a Rust core with CPU and CUDA kernels, for NumPy arrays and
+PyTorch tensors."""
 
 from . import losses
 from ._core import (__version__, buffer_cache_info, get_num_threads, set_buffer_cache_limit,
                     set_num_threads)
-from .errors import (ArgumentError, DTypeError, IndexOverflowError, LogitsError, MoerouteError,
-                     PlanError, ShapeError)
+from ._core import cuda_driver_available as cuda_available
+from .errors import (ArgumentError, CudaError, DTypeError, IndexOverflowError, LogitsError,
+                     MoerouteError, PlanError, ShapeError)
 from .ops import (combine, combine_backward, expert_choice, permute, permute_backward, route,
                   route_backward)
 from .plan import RoutingPlan
@@ -14,7 +16,7 @@ __all__ = [
     "route", "expert_choice", "permute", "combine",
     "permute_backward", "combine_backward", "route_backward",
     "RoutingPlan", "losses", "set_num_threads", "get_num_threads", "__version__",
-    "set_buffer_cache_limit", "buffer_cache_info",
+    "set_buffer_cache_limit", "buffer_cache_info", "cuda_available",
     "MoerouteError", "ShapeError", "DTypeError", "ArgumentError", "LogitsError", "PlanError",
-    "IndexOverflowError",
+    "IndexOverflowError", "CudaError",
 ]

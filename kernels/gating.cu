@@ -1,6 +1,7 @@
 // Token-choice gating: scores (softmax / sigmoid), selection bias, group-limited masking and top-k
 // for 32 tokens per block, one thread per token, computed exactly as the CPU core does so that
-// the routing decisions are bit-identical. With k = 0 it only writes the scores (expert choice).
+// the routing decisions are bit-identical. With k = 0 it only writes the scores (expert choice),
+// and, given probs_t, also their transpose ([E, T], for the per-expert selection).
 #include "common.cuh"
 
 // Independent partial maxima / sums, as in src/cpu/scores.rs.
@@ -187,7 +188,8 @@ template <typename L>
 __device__ void gate(const L* logits, int T, int E, int k, int sigmoid, int normalize_topk,
                      const typename Elem<L>::Acc* bias, int num_groups, int topk_groups,
                      typename Elem<L>::Acc* probs, int* expert_ids, typename Elem<L>::Acc* weights,
-                     typename Elem<L>::Acc* row_scratch, typename Elem<L>::Acc* group_scratch) {
+                     typename Elem<L>::Acc* row_scratch, typename Elem<L>::Acc* group_scratch,
+                     typename Elem<L>::Acc* probs_t) {
     typedef typename Elem<L>::Acc F;
     extern __shared__ __align__(16) unsigned char smem_raw[];
     const int lane = threadIdx.x;
@@ -221,6 +223,11 @@ __device__ void gate(const L* logits, int T, int E, int k, int sigmoid, int norm
     for (long long i = lane; i < count; i += 32) {
         int r = (int)(i / E), j = (int)(i % E);
         probs[t0 * E + i] = rows[(long long)r * stride + j];
+    }
+    if (probs_t != 0) {
+        for (int j = 0; j < E; ++j) {
+            if (lane < n_rows) probs_t[(long long)j * T + t0 + lane] = rows[(long long)lane * stride + j];
+        }
     }
     __syncwarp();
     if (k == 0 || lane >= n_rows) return;
@@ -259,9 +266,9 @@ __device__ void gate(const L* logits, int T, int E, int k, int sigmoid, int norm
         const L* logits, int T, int E, int k, int sigmoid, int normalize_topk,                         \
         const Elem<L>::Acc* bias, int num_groups, int topk_groups, Elem<L>::Acc* probs,                \
         int* expert_ids, Elem<L>::Acc* weights, Elem<L>::Acc* row_scratch,                             \
-        Elem<L>::Acc* group_scratch) {                                                                 \
+        Elem<L>::Acc* group_scratch, Elem<L>::Acc* probs_t) {                                          \
         gate<L>(logits, T, E, k, sigmoid, normalize_topk, bias, num_groups, topk_groups, probs,        \
-                expert_ids, weights, row_scratch, group_scratch);                                      \
+                expert_ids, weights, row_scratch, group_scratch, probs_t);                                 \
     }
 GATE(gate_f32, float)
 GATE(gate_f64, double)

@@ -5,7 +5,7 @@
 
 // Rows of `width` words of type W; a source row outside [0, T) is a padding row.
 template <typename W>
-__device__ void gather_rows(const W* x, W* xp, const int* src, int T, long long width) {
+__device__ void gather_rows(const W* __restrict__ x, W* __restrict__ xp, const int* __restrict__ src, int T, long long width) {
     const long long r = blockIdx.x;
     const int t = src[r];
     W* out = xp + r * width;

@@ -61,6 +61,8 @@ pub struct RouteWorkspace {
     pub seg_start: usize,
     pub flags: usize,
     pub order: usize,
+    /// Transposed scores ([E, T]) of an expert choice.
+    pub probs_t: Option<usize>,
     pub bytes: usize,
 }
 
@@ -87,7 +89,8 @@ pub fn route_workspace(dtype: DType, t: usize, e: usize, k: usize, num_groups: O
     let seg_start = take(e * 4);
     let flags = take(picks);
     let order = take(picks * 4);
-    RouteWorkspace { row_scratch, group_scratch, counts, totals, seg_start, flags, order, bytes: at.max(256) }
+    let probs_t = (k == 0).then(|| take(t * e * acc));
+    RouteWorkspace { row_scratch, group_scratch, counts, totals, seg_start, flags, order, probs_t, bytes: at.max(256) }
 }
 
 /// Output pointers of a plan, in moeroute's field order.
@@ -146,31 +149,7 @@ pub fn route(device: &Device, call: &RouteCall, options: &RouteOptions) -> Resul
     let out = &call.out;
     let (t32, e32, k32) = (t as i32, e as i32, k as i32);
     go.run("fill_i32", (rows as u64).div_ceil(256).min(65536), 256, 0, Args::new().ptr(out.src).i64(rows as i64).i32(-1))?;
-    let sfx = suffix(call.dtype);
-    let gate_name = name(&[("f32", "gate_f32"), ("f64", "gate_f64"), ("f16", "gate_f16"), ("bf16", "gate_bf16")], sfx)?;
-    let shared = gate_shared_bytes(e, call.dtype).unwrap_or(0) as u32;
-    let (groups, topk_groups) = options.groups.map_or((0, 0), |g| (g.num_groups as i32, g.topk_groups as i32));
-    go.run(
-        gate_name,
-        t.div_ceil(GATE_TOKENS) as u64,
-        GATE_TOKENS as u32,
-        shared,
-        Args::new()
-            .ptr(call.logits)
-            .i32(t32)
-            .i32(e32)
-            .i32(k32)
-            .i32((options.score == ScoreFunction::Sigmoid) as i32)
-            .i32((options.normalize == Normalize::TopK) as i32)
-            .ptr(call.bias)
-            .i32(groups)
-            .i32(topk_groups)
-            .ptr(out.probs)
-            .ptr(out.expert_ids)
-            .ptr(out.weights)
-            .ptr(ws.row_scratch.map_or(0, at))
-            .ptr(ws.group_scratch.map_or(0, at)),
-    )?;
+    gate(&go, call, options, &ws)?;
     let chunks = (t * k).div_ceil(CHUNK) as u64;
     let counters = (e * 4) as u32;
     let (counts, totals, seg_start) = (at(ws.counts), at(ws.totals), at(ws.seg_start));
@@ -255,6 +234,38 @@ pub fn route(device: &Device, call: &RouteCall, options: &RouteOptions) -> Resul
     go.run(finalize, t.div_ceil(128) as u64, 128, 0, scale.i32((options.scale != 1.0) as i32))
 }
 
+/// Largest number of experts the 16-lanes-per-token gating kernel takes (16 columns per lane).
+const LANES_MAX_EXPERTS: usize = 256;
+
+/// Scores and picks of every token: the 16-lanes-per-token kernel for the common case (no group
+/// limit, k <= 8, E <= 256, float32 scores), else the one-thread-per-token kernel.
+fn gate(go: &Launch, call: &RouteCall, options: &RouteOptions, ws: &RouteWorkspace) -> Result<()> {
+    let (t, e, k) = (call.num_tokens, call.num_experts, options.top_k);
+    let out = &call.out;
+    let sigmoid = (options.score == ScoreFunction::Sigmoid) as i32;
+    let normalize_topk = (options.normalize == Normalize::TopK) as i32;
+    if options.groups.is_none() && k <= 8 && e <= LANES_MAX_EXPERTS && call.dtype != DType::F64 {
+        let columns = if e <= 64 { 4 } else { 16 };
+        let key = format!("{}_n{columns}", suffix(call.dtype));
+        let kernel = name(
+            &[("f32_n4", "gate_lanes_f32_n4"), ("f32_n16", "gate_lanes_f32_n16"),
+              ("f16_n4", "gate_lanes_f16_n4"), ("f16_n16", "gate_lanes_f16_n16"),
+              ("bf16_n4", "gate_lanes_bf16_n4"), ("bf16_n16", "gate_lanes_bf16_n16")],
+            &key,
+        )?;
+        let args = Args::new().ptr(call.logits).i32(t as i32).i32(e as i32).i32(k as i32).i32(sigmoid).i32(normalize_topk);
+        return go.run(kernel, t.div_ceil(8) as u64, 128, 0, args.ptr(call.bias).ptr(out.probs).ptr(out.expert_ids).ptr(out.weights));
+    }
+    let gate_name = name(&[("f32", "gate_f32"), ("f64", "gate_f64"), ("f16", "gate_f16"), ("bf16", "gate_bf16")], suffix(call.dtype))?;
+    let shared = gate_shared_bytes(e, call.dtype).unwrap_or(0) as u32;
+    let (groups, topk_groups) = options.groups.map_or((0, 0), |g| (g.num_groups as i32, g.topk_groups as i32));
+    let at = |offset: usize| call.workspace + offset as u64;
+    let args = Args::new().ptr(call.logits).i32(t as i32).i32(e as i32).i32(k as i32).i32(sigmoid).i32(normalize_topk);
+    let args = args.ptr(call.bias).i32(groups).i32(topk_groups).ptr(out.probs).ptr(out.expert_ids).ptr(out.weights);
+    let args = args.ptr(ws.row_scratch.map_or(0, at)).ptr(ws.group_scratch.map_or(0, at)).ptr(0);
+    go.run(gate_name, t.div_ceil(GATE_TOKENS) as u64, GATE_TOKENS as u32, shared, args)
+}
+
 /// Expert choice on the GPU: softmax scores, then each expert's C best tokens.
 pub struct ExpertChoiceCall {
     pub stream: u64,
@@ -292,12 +303,13 @@ pub fn expert_choice(device: &Device, call: &ExpertChoiceCall, capacity: Option<
     let sfx = suffix(call.dtype);
     let gate_name = name(&[("f32", "gate_f32"), ("f64", "gate_f64"), ("f16", "gate_f16"), ("bf16", "gate_bf16")], sfx)?;
     let shared = gate_shared_bytes(e, call.dtype).unwrap_or(0) as u32;
-    let row_scratch = ws.row_scratch.map_or(0, |o| call.workspace + o as u64);
+    let at = |offset: usize| call.workspace + offset as u64;
+    let probs_t = ws.probs_t.map_or(0, at);
     let args = Args::new().ptr(call.logits).i32(t as i32).i32(e as i32).i32(0).i32(0).i32(0).ptr(0).i32(0).i32(0);
-    let args = args.ptr(out.probs).ptr(0).ptr(0).ptr(row_scratch).ptr(0);
+    let args = args.ptr(out.probs).ptr(0).ptr(0).ptr(ws.row_scratch.map_or(0, at)).ptr(0).ptr(probs_t);
     go.run(gate_name, t.div_ceil(GATE_TOKENS) as u64, GATE_TOKENS as u32, shared, args)?;
     let kernel = if call.dtype == DType::F64 { "expert_choice_f64" } else { "expert_choice_f32" };
-    let args = Args::new().ptr(out.probs).i32(t as i32).i32(e as i32).i32(c as i32).ptr(out.expert_ids).ptr(out.weights).ptr(out.dest).ptr(out.src);
+    let args = Args::new().ptr(out.probs).ptr(probs_t).i32(t as i32).i32(e as i32).i32(c as i32).ptr(out.expert_ids).ptr(out.weights).ptr(out.dest).ptr(out.src);
     go.run(kernel, e as u64, 256, 0, args.ptr(out.expert_offsets).ptr(out.tokens_per_expert).ptr(out.assigned_per_expert))
 }
 

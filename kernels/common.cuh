@@ -101,6 +101,12 @@ __device__ __forceinline__ u64 order_key(double v) {
     return (b & 0x8000000000000000ull) ? ~b : (b | 0x8000000000000000ull);
 }
 
+// Sets src[0 .. rows) to -1 (padding) with every thread of the grid.
+__device__ __forceinline__ void fill_rows(int* src, long long rows) {
+    const long long stride = (long long)gridDim.x * blockDim.x;
+    for (long long i = (long long)blockIdx.x * blockDim.x + threadIdx.x; i < rows; i += stride) src[i] = -1;
+}
+
 // Exclusive prefix sum of one int per thread over the block (blockDim.x a multiple of 32, at most
 // 1024); `total` receives the block's sum. Every thread of the block must call it.
 __device__ __forceinline__ int block_exclusive_scan(int value, int* total) {

@@ -1,7 +1,8 @@
 // Token-choice gating: scores (softmax / sigmoid), selection bias, group-limited masking and top-k
 // for 32 tokens per block, one thread per token, computed exactly as the CPU core does so that
 // the routing decisions are bit-identical. With k = 0 it only writes the scores (expert choice),
-// and, given probs_t, also their transpose ([E, T], for the per-expert selection).
+// and, given probs_t, also their transpose ([E, T], for the per-expert selection). Both kernels
+// also mark every row of src as padding (-1) for the plan kernels that follow.
 #include "common.cuh"
 
 // Independent partial maxima / sums, as in src/cpu/scores.rs.
@@ -189,8 +190,9 @@ __device__ void gate(const L* logits, int T, int E, int k, int sigmoid, int norm
                      const typename Elem<L>::Acc* bias, int num_groups, int topk_groups,
                      typename Elem<L>::Acc* probs, int* expert_ids, typename Elem<L>::Acc* weights,
                      typename Elem<L>::Acc* row_scratch, typename Elem<L>::Acc* group_scratch,
-                     typename Elem<L>::Acc* probs_t) {
+                     typename Elem<L>::Acc* probs_t, int* src, long long src_rows) {
     typedef typename Elem<L>::Acc F;
+    fill_rows(src, src_rows);
     extern __shared__ __align__(16) unsigned char smem_raw[];
     const int lane = threadIdx.x;
     const long long t0 = (long long)blockIdx.x * TOKENS_PER_BLOCK;
@@ -266,9 +268,9 @@ __device__ void gate(const L* logits, int T, int E, int k, int sigmoid, int norm
         const L* logits, int T, int E, int k, int sigmoid, int normalize_topk,                         \
         const Elem<L>::Acc* bias, int num_groups, int topk_groups, Elem<L>::Acc* probs,                \
         int* expert_ids, Elem<L>::Acc* weights, Elem<L>::Acc* row_scratch,                             \
-        Elem<L>::Acc* group_scratch, Elem<L>::Acc* probs_t) {                                          \
+        Elem<L>::Acc* group_scratch, Elem<L>::Acc* probs_t, int* src, long long rows) {                \
         gate<L>(logits, T, E, k, sigmoid, normalize_topk, bias, num_groups, topk_groups, probs,        \
-                expert_ids, weights, row_scratch, group_scratch, probs_t);                                 \
+                expert_ids, weights, row_scratch, group_scratch, probs_t, src, rows);                      \
     }
 GATE(gate_f32, float)
 GATE(gate_f64, double)

@@ -1,11 +1,10 @@
 // Token-choice gating for the common case (no group limit, k <= 8, E <= 256, float32 scores) with 16 lanes per
 // token: lane l holds columns l, l + 16, ..., which are exactly the CPU core's 16 partial maxima
 // and sums (added in the same order), so the scores and decisions are bit-identical; each lane
-// keeps its best 8 columns and the k picks are merged across the 16 lanes.
+// keeps its best k columns (a list of 2 or 8) and the k picks are merged across the 16 lanes.
 #include "common.cuh"
 
 #define LANES 16
-#define LIST 8
 
 // The better of two candidates: higher value, then lower index.
 template <typename F>
@@ -13,11 +12,13 @@ __device__ __forceinline__ bool better(F av, int ai, F bv, int bi) {
     return av > bv || (av == bv && ai < bi);
 }
 
-template <typename L, int N>
+// N columns per lane (E <= 16 N); each lane keeps its best LIST >= k columns.
+template <typename L, int N, int LIST>
 __device__ void gate_lanes(const L* logits, int T, int E, int k, int sigmoid, int normalize_topk,
                            const typename Elem<L>::Acc* bias, typename Elem<L>::Acc* probs, int* expert_ids,
-                           typename Elem<L>::Acc* weights) {
+                           typename Elem<L>::Acc* weights, int* src, long long rows) {
     typedef typename Elem<L>::Acc F;
+    fill_rows(src, rows);
     const int lane = threadIdx.x & (LANES - 1);
     const long long t = (long long)blockIdx.x * (blockDim.x / LANES) + threadIdx.x / LANES;
     // The 16 lanes of this token (a half warp); a token past T leaves with its whole half.
@@ -90,22 +91,22 @@ __device__ void gate_lanes(const L* logits, int T, int E, int k, int sigmoid, in
         li[s] = 0x7FFFFFFF;
     }
 #pragma unroll
-    for (int i = 0; i < N; ++i)
-        if (lane + LANES * i < E) p_row[lane + LANES * i] = v[i];
-    // (A loop over this lane's own just-written scores, not unrolled: the insertion is long.)
-    for (int j = lane; j < E; j += LANES) {
-        const F p = p_row[j];
-        const F sel = bias ? p + bias[j] : p;
-        if (li[LIST - 1] == 0x7FFFFFFF || sel > lv[LIST - 1]) {
-            lv[LIST - 1] = sel;
-            lp[LIST - 1] = p;
-            li[LIST - 1] = j;
+    for (int i = 0; i < N; ++i) {
+        const int j = lane + LANES * i;
+        if (j < E) {
+            p_row[j] = v[i];
+            const F sel = bias ? v[i] + bias[j] : v[i];
+            if (li[LIST - 1] == 0x7FFFFFFF || sel > lv[LIST - 1]) {
+                lv[LIST - 1] = sel;
+                lp[LIST - 1] = v[i];
+                li[LIST - 1] = j;
 #pragma unroll
-            for (int s = LIST - 1; s > 0; --s) {
-                if (li[s - 1] == 0x7FFFFFFF || lv[s] > lv[s - 1]) {
-                    F a = lv[s]; lv[s] = lv[s - 1]; lv[s - 1] = a;
-                    F b = lp[s]; lp[s] = lp[s - 1]; lp[s - 1] = b;
-                    int c = li[s]; li[s] = li[s - 1]; li[s - 1] = c;
+                for (int s = LIST - 1; s > 0; --s) {
+                    if (li[s - 1] == 0x7FFFFFFF || lv[s] > lv[s - 1]) {
+                        F a = lv[s]; lv[s] = lv[s - 1]; lv[s - 1] = a;
+                        F b = lp[s]; lp[s] = lp[s - 1]; lp[s - 1] = b;
+                        int c = li[s]; li[s] = li[s - 1]; li[s - 1] = c;
+                    }
                 }
             }
         }
@@ -156,15 +157,22 @@ __device__ void gate_lanes(const L* logits, int T, int E, int k, int sigmoid, in
     }
 }
 
-#define GATE_LANES(name, L, N)                                                                         \
+#define GATE_LANES(name, L, N, LIST)                                                                         \
     extern "C" __global__ void __launch_bounds__(128) name(                                            \
         const L* logits, int T, int E, int k, int sigmoid, int normalize_topk, const Elem<L>::Acc* bias, \
-        Elem<L>::Acc* probs, int* expert_ids, Elem<L>::Acc* weights) {                                 \
-        gate_lanes<L, N>(logits, T, E, k, sigmoid, normalize_topk, bias, probs, expert_ids, weights);  \
+        Elem<L>::Acc* probs, int* expert_ids, Elem<L>::Acc* weights, int* src, long long rows) {       \
+        gate_lanes<L, N, LIST>(logits, T, E, k, sigmoid, normalize_topk, bias, probs, expert_ids, weights,   \
+                         src, rows);                                                                   \
     }
-GATE_LANES(gate_lanes_f32_n4, float, 4)
-GATE_LANES(gate_lanes_f32_n16, float, 16)
-GATE_LANES(gate_lanes_f16_n4, f16, 4)
-GATE_LANES(gate_lanes_f16_n16, f16, 16)
-GATE_LANES(gate_lanes_bf16_n4, bf16, 4)
-GATE_LANES(gate_lanes_bf16_n16, bf16, 16)
+GATE_LANES(gate_lanes_f32_n4_k2, float, 4, 2)
+GATE_LANES(gate_lanes_f32_n4_k8, float, 4, 8)
+GATE_LANES(gate_lanes_f32_n16_k2, float, 16, 2)
+GATE_LANES(gate_lanes_f32_n16_k8, float, 16, 8)
+GATE_LANES(gate_lanes_f16_n4_k2, f16, 4, 2)
+GATE_LANES(gate_lanes_f16_n4_k8, f16, 4, 8)
+GATE_LANES(gate_lanes_f16_n16_k2, f16, 16, 2)
+GATE_LANES(gate_lanes_f16_n16_k8, f16, 16, 8)
+GATE_LANES(gate_lanes_bf16_n4_k2, bf16, 4, 2)
+GATE_LANES(gate_lanes_bf16_n4_k8, bf16, 4, 8)
+GATE_LANES(gate_lanes_bf16_n16_k2, bf16, 16, 2)
+GATE_LANES(gate_lanes_bf16_n16_k8, bf16, 16, 8)

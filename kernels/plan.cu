@@ -26,7 +26,8 @@ extern "C" __global__ void fill_i32(int* out, long long n, int value) {
         out[i] = value;
 }
 
-// counts[c * E + e]: picks of expert e among positions [c * CHUNK, (c + 1) * CHUNK).
+// counts[e * chunks + c]: picks of expert e among positions [c * CHUNK, (c + 1) * CHUNK) (one
+// block per chunk; expert-major so that each expert's scan reads contiguous memory).
 extern "C" __global__ void count_chunks(const int* ids, const unsigned char* only, int P, int T, int k, int E,
                                         int slot_major, int* counts) {
     extern __shared__ int hist[];
@@ -38,7 +39,7 @@ extern "C" __global__ void count_chunks(const int* ids, const unsigned char* onl
         if (e >= 0) atomicAdd(&hist[e], 1);
     }
     __syncthreads();
-    for (int e = threadIdx.x; e < E; e += blockDim.x) counts[(long long)blockIdx.x * E + e] = hist[e];
+    for (int e = threadIdx.x; e < E; e += blockDim.x) counts[(long long)e * gridDim.x + blockIdx.x] = hist[e];
 }
 
 // One block per expert: counts become exclusive prefixes over the chunks; totals[e] the sum.
@@ -47,12 +48,13 @@ extern "C" __global__ void scan_chunks(int* counts, int chunks, int E, int* tota
     const int per = (chunks + blockDim.x - 1) / blockDim.x;
     const int c0 = threadIdx.x * per, c1 = min(c0 + per, chunks);
     int local = 0;
-    for (int c = c0; c < c1; ++c) local += counts[(long long)c * E + e];
+    int* column = counts + (long long)e * chunks;
+    for (int c = c0; c < c1; ++c) local += column[c];
     int total;
     int running = block_exclusive_scan(local, &total);
     for (int c = c0; c < c1; ++c) {
-        int v = counts[(long long)c * E + e];
-        counts[(long long)c * E + e] = running;
+        const int v = column[c];
+        column[c] = running;
         running += v;
     }
     if (threadIdx.x == 0) totals[e] = total;
@@ -92,7 +94,7 @@ extern "C" __global__ void __launch_bounds__(32) rank_chunks(
     unsigned char* flags, int* order) {
     extern __shared__ int running[];
     const int lane = threadIdx.x;
-    for (int e = lane; e < E; e += 32) running[e] = prefix[(long long)blockIdx.x * E + e];
+    for (int e = lane; e < E; e += 32) running[e] = prefix[(long long)e * gridDim.x + blockIdx.x];
     __syncwarp();
     const int j0 = blockIdx.x * CHUNK, j1 = min(j0 + CHUNK, P);
     for (int base = j0; base < j1; base += 32) {

@@ -231,7 +231,9 @@ def check_combine_backward(grad_y, yp, plans, weights):
         return
     want_yp, want_w = moeroute.combine_backward(grad_y[1], yp[1], plans[1], weights[1] if given else None)
     assert_close(got_yp, want_yp, what="combine_backward grad_yp")
-    assert_close(got_w, want_w, dots_scale, "combine_backward grad_weights")
+    # grad_weights has the weights' dtype but is accumulated in yp's (float32 for float32 yp).
+    acc = yp[1].dtype
+    assert_close(host(got_w).to(acc), want_w.to(acc), dots_scale, "combine_backward grad_weights")
 
 
 def check_route_backward(cuda_plan, cpu_plan, logits, seed):
@@ -421,8 +423,11 @@ def test_autograd_matches_cpu(how, dtype):
     slots = experts if how[0] == "expert" else how[1]
     arrays = [rng.uniform(-2, 2, shape).astype(dtype) for shape in
               ((tokens, hidden), (rows, hidden), (tokens, slots), (tokens, hidden), (tokens, experts))]
-    for got, want in zip(autograd_run(DEVICE, how, logits, *arrays), autograd_run("cpu", how, logits, *arrays)):
-        assert_close(got, want)
+    results = zip(autograd_run(DEVICE, how, logits, *arrays), autograd_run("cpu", how, logits, *arrays))
+    for i, (got, want) in enumerate(results):
+        # Gradients (from the 4th output on) sum terms that the two devices add in different orders
+        # (combine's dot products over H), with cancellation: rounding relative to the largest term.
+        assert_close(got, want, None if i < 3 else torch.full_like(want, float(want.abs().max())))
 
 
 def test_losses_match_cpu():

@@ -148,8 +148,7 @@ pub fn route(device: &Device, call: &RouteCall, options: &RouteOptions) -> Resul
     let at = |offset: usize| call.workspace + offset as u64;
     let out = &call.out;
     let (t32, e32, k32) = (t as i32, e as i32, k as i32);
-    go.run("fill_i32", (rows as u64).div_ceil(256).min(65536), 256, 0, Args::new().ptr(out.src).i64(rows as i64).i32(-1))?;
-    gate(&go, call, options, &ws)?;
+    gate(&go, call, options, &ws, rows)?;
     let chunks = (t * k).div_ceil(CHUNK) as u64;
     let counters = (e * 4) as u32;
     let (counts, totals, seg_start) = (at(ws.counts), at(ws.totals), at(ws.seg_start));
@@ -228,6 +227,10 @@ pub fn route(device: &Device, call: &RouteCall, options: &RouteOptions) -> Resul
             }
         }
     }
+    let dropless = matches!(layout, Layout::Dropless { .. });
+    if dropless && options.normalize != Normalize::Kept && options.scale == 1.0 {
+        return Ok(()); // no pick dropped: the gating kernel's weights are final
+    }
     let finalize = if call.dtype == DType::F64 { "finalize_weights_f64" } else { "finalize_weights_f32" };
     let scale = Args::new().ptr(out.weights).ptr(out.dest).i32(t32).i32(k32).i32((options.normalize == Normalize::Kept) as i32);
     let scale = if call.dtype == DType::F64 { scale.f64(options.scale) } else { scale.f32(options.scale as f32) };
@@ -237,24 +240,35 @@ pub fn route(device: &Device, call: &RouteCall, options: &RouteOptions) -> Resul
 /// Largest number of experts the 16-lanes-per-token gating kernel takes (16 columns per lane).
 const LANES_MAX_EXPERTS: usize = 256;
 
+/// The 16-lanes-per-token kernels by (dtype, columns per lane, list length).
+const GATE_LANES_KERNELS: [(&str, &str); 12] = [
+    ("f32_n4_k2", "gate_lanes_f32_n4_k2"), ("f32_n4_k8", "gate_lanes_f32_n4_k8"),
+    ("f32_n16_k2", "gate_lanes_f32_n16_k2"), ("f32_n16_k8", "gate_lanes_f32_n16_k8"),
+    ("f16_n4_k2", "gate_lanes_f16_n4_k2"), ("f16_n4_k8", "gate_lanes_f16_n4_k8"),
+    ("f16_n16_k2", "gate_lanes_f16_n16_k2"), ("f16_n16_k8", "gate_lanes_f16_n16_k8"),
+    ("bf16_n4_k2", "gate_lanes_bf16_n4_k2"), ("bf16_n4_k8", "gate_lanes_bf16_n4_k8"),
+    ("bf16_n16_k2", "gate_lanes_bf16_n16_k2"), ("bf16_n16_k8", "gate_lanes_bf16_n16_k8"),
+];
+
 /// Scores and picks of every token: the 16-lanes-per-token kernel for the common case (no group
 /// limit, k <= 8, E <= 256, float32 scores), else the one-thread-per-token kernel.
-fn gate(go: &Launch, call: &RouteCall, options: &RouteOptions, ws: &RouteWorkspace) -> Result<()> {
+/// Both also set the `rows` entries of src to -1.
+fn gate(go: &Launch, call: &RouteCall, options: &RouteOptions, ws: &RouteWorkspace, rows: usize) -> Result<()> {
+    if call.num_tokens == 0 {
+        return go.run("fill_i32", (rows as u64).div_ceil(256).min(65536), 256, 0, Args::new().ptr(call.out.src).i64(rows as i64).i32(-1));
+    }
     let (t, e, k) = (call.num_tokens, call.num_experts, options.top_k);
     let out = &call.out;
     let sigmoid = (options.score == ScoreFunction::Sigmoid) as i32;
     let normalize_topk = (options.normalize == Normalize::TopK) as i32;
     if options.groups.is_none() && k <= 8 && e <= LANES_MAX_EXPERTS && call.dtype != DType::F64 {
         let columns = if e <= 64 { 4 } else { 16 };
-        let key = format!("{}_n{columns}", suffix(call.dtype));
-        let kernel = name(
-            &[("f32_n4", "gate_lanes_f32_n4"), ("f32_n16", "gate_lanes_f32_n16"),
-              ("f16_n4", "gate_lanes_f16_n4"), ("f16_n16", "gate_lanes_f16_n16"),
-              ("bf16_n4", "gate_lanes_bf16_n4"), ("bf16_n16", "gate_lanes_bf16_n16")],
-            &key,
-        )?;
+        let list = if k <= 2 { 2 } else { 8 };
+        let key = format!("{}_n{columns}_k{list}", suffix(call.dtype));
+        let kernel = name(&GATE_LANES_KERNELS, &key)?;
         let args = Args::new().ptr(call.logits).i32(t as i32).i32(e as i32).i32(k as i32).i32(sigmoid).i32(normalize_topk);
-        return go.run(kernel, t.div_ceil(8) as u64, 128, 0, args.ptr(call.bias).ptr(out.probs).ptr(out.expert_ids).ptr(out.weights));
+        let args = args.ptr(call.bias).ptr(out.probs).ptr(out.expert_ids).ptr(out.weights).ptr(out.src).i64(rows as i64);
+        return go.run(kernel, t.div_ceil(8) as u64, 128, 0, args);
     }
     let gate_name = name(&[("f32", "gate_f32"), ("f64", "gate_f64"), ("f16", "gate_f16"), ("bf16", "gate_bf16")], suffix(call.dtype))?;
     let shared = gate_shared_bytes(e, call.dtype).unwrap_or(0) as u32;
@@ -262,7 +276,7 @@ fn gate(go: &Launch, call: &RouteCall, options: &RouteOptions, ws: &RouteWorkspa
     let at = |offset: usize| call.workspace + offset as u64;
     let args = Args::new().ptr(call.logits).i32(t as i32).i32(e as i32).i32(k as i32).i32(sigmoid).i32(normalize_topk);
     let args = args.ptr(call.bias).i32(groups).i32(topk_groups).ptr(out.probs).ptr(out.expert_ids).ptr(out.weights);
-    let args = args.ptr(ws.row_scratch.map_or(0, at)).ptr(ws.group_scratch.map_or(0, at)).ptr(0);
+    let args = args.ptr(ws.row_scratch.map_or(0, at)).ptr(ws.group_scratch.map_or(0, at)).ptr(0).ptr(out.src).i64(rows as i64);
     go.run(gate_name, t.div_ceil(GATE_TOKENS) as u64, GATE_TOKENS as u32, shared, args)
 }
 
@@ -299,14 +313,16 @@ pub fn expert_choice(device: &Device, call: &ExpertChoiceCall, capacity: Option<
     device.make_current()?;
     let go = Launch { device, stream: call.stream };
     let out = &call.out;
-    go.run("fill_i32", (rows as u64).div_ceil(256).min(65536), 256, 0, Args::new().ptr(out.src).i64(rows as i64).i32(-1))?;
+    if t == 0 {
+        go.run("fill_i32", (rows as u64).div_ceil(256).min(65536), 256, 0, Args::new().ptr(out.src).i64(rows as i64).i32(-1))?;
+    }
     let sfx = suffix(call.dtype);
     let gate_name = name(&[("f32", "gate_f32"), ("f64", "gate_f64"), ("f16", "gate_f16"), ("bf16", "gate_bf16")], sfx)?;
     let shared = gate_shared_bytes(e, call.dtype).unwrap_or(0) as u32;
     let at = |offset: usize| call.workspace + offset as u64;
     let probs_t = ws.probs_t.map_or(0, at);
     let args = Args::new().ptr(call.logits).i32(t as i32).i32(e as i32).i32(0).i32(0).i32(0).ptr(0).i32(0).i32(0);
-    let args = args.ptr(out.probs).ptr(0).ptr(0).ptr(ws.row_scratch.map_or(0, at)).ptr(0).ptr(probs_t);
+    let args = args.ptr(out.probs).ptr(0).ptr(0).ptr(ws.row_scratch.map_or(0, at)).ptr(0).ptr(probs_t).ptr(out.src).i64(rows as i64);
     go.run(gate_name, t.div_ceil(GATE_TOKENS) as u64, GATE_TOKENS as u32, shared, args)?;
     let kernel = if call.dtype == DType::F64 { "expert_choice_f64" } else { "expert_choice_f32" };
     let args = Args::new().ptr(out.probs).ptr(probs_t).i32(t as i32).i32(e as i32).i32(c as i32).ptr(out.expert_ids).ptr(out.weights).ptr(out.dest).ptr(out.src);

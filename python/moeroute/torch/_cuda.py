@@ -14,9 +14,14 @@ from ._convert import accumulation_dtype, activation_name
 Tensor = torch.Tensor
 
 
+_raw_stream = getattr(torch._C, "_cuda_getCurrentRawStream", None)
+
+
 def _stream(t: Tensor) -> Tuple[int, int]:
     """(device index, handle of torch's current stream on that device)."""
-    index = t.device.index if t.device.index is not None else torch.cuda.current_device()
+    index = t.get_device()
+    if _raw_stream is not None:  # the handle without building a torch.cuda.Stream object
+        return index, _raw_stream(index)
     return index, torch.cuda.current_stream(index).cuda_stream
 
 

@@ -21,13 +21,40 @@ PLAN_FIELDS = ("weights", "probs", "expert_ids", "dest", "src", "expert_offsets"
 
 
 def call(op, impl, *args):
-    """Runs the custom op `op` under torch.compile or when autograd has to record the call, and
-    the same implementation `impl` directly otherwise (eager inference skips the dispatcher)."""
-    if torch.compiler.is_compiling():
-        return op(*args)
+    """Runs the custom op `op` under torch.compile; in eager mode the same implementation `impl`,
+    directly, or through an autograd.Function with the op's own backward when autograd has to
+    record the call (the dispatcher costs far more per call than the kernels at small sizes)."""
+    if torch.compiler.is_compiling() or any(isinstance(a, Tensor) and type(a) not in _PLAIN for a in args):
+        return op(*args)  # traced, or fake / functional tensors of a tracer (e.g. in opcheck)
     if torch.is_grad_enabled() and any(isinstance(a, Tensor) and a.requires_grad for a in args):
-        return op(*args)
+        return _EAGER_AUTOGRAD.get(op, op)(*args)
     return impl(*args)
+
+
+_PLAIN = (Tensor, torch.nn.Parameter)
+
+
+_EAGER_AUTOGRAD: dict = {}
+
+
+def _register_autograd(op, impl, backward, setup_context) -> None:
+    """Registers the op's autograd, and the equivalent autograd.Function for eager calls."""
+    op.register_autograd(backward, setup_context=setup_context)
+
+    class Eager(torch.autograd.Function):
+        @staticmethod
+        def forward(ctx, *args):
+            output = impl(*args)
+            setup_context(ctx, args, output)
+            return output
+
+        @staticmethod
+        @torch.autograd.function.once_differentiable
+        def backward(ctx, *grads):
+            return backward(ctx, *grads)
+
+    Eager.__name__ = Eager.__qualname__ = f"{op._name.split('::')[-1]}_eager"
+    _EAGER_AUTOGRAD[op] = Eager.apply
 
 
 def plan_layout(num_tokens: int, num_experts: int, k: int, capacity: Optional[int],
@@ -101,11 +128,12 @@ def _route_backward(ctx, grad_weights, grad_probs, *unused):
     score, normalize, scale, dtype = ctx.options
     if grad_weights is None:
         grad_weights = torch.zeros(expert_ids.shape, dtype=probs.dtype, device=probs.device)
-    grad_logits = route_backward(grad_weights, grad_probs, probs, expert_ids, dest, score, normalize, scale)
+    grad_logits = call(route_backward, route_backward_impl, grad_weights, grad_probs, probs, expert_ids, dest, score,
+                       normalize, scale)
     return (grad_logits.to(dtype),) + (None,) * 13
 
 
-route.register_autograd(_route_backward, setup_context=_route_setup)
+_register_autograd(route, route_impl, _route_backward, _route_setup)
 
 
 def route_backward_impl(grad_weights: Tensor, grad_probs: Optional[Tensor], probs: Tensor, expert_ids: Tensor,
@@ -162,7 +190,7 @@ def _expert_choice_backward(ctx, *grads):
     return _route_backward(ctx, *grads)[:3]
 
 
-expert_choice.register_autograd(_expert_choice_backward, setup_context=_expert_choice_setup)
+_register_autograd(expert_choice, expert_choice_impl, _expert_choice_backward, _expert_choice_setup)
 
 
 # -------------------------------------------------------------------------------- permute
@@ -203,10 +231,10 @@ def _permute_setup(ctx, inputs, output) -> None:
 
 def _permute_backward(ctx, grad_xp):
     (dest,) = ctx.saved_tensors
-    return permute_backward(grad_xp, dest), None, None
+    return call(permute_backward, permute_backward_impl, grad_xp, dest), None, None
 
 
-permute.register_autograd(_permute_backward, setup_context=_permute_setup)
+_register_autograd(permute, permute_impl, _permute_backward, _permute_setup)
 
 
 # -------------------------------------------------------------------------------- combine
@@ -256,8 +284,8 @@ def _combine_setup(ctx, inputs, output) -> None:
 
 def _combine_backward(ctx, grad_y):
     yp, dest, src, weights = ctx.saved_tensors
-    grad_yp, grad_w = combine_backward(grad_y, yp, dest, src, weights)
+    grad_yp, grad_w = call(combine_backward, combine_backward_impl, grad_y, yp, dest, src, weights)
     return grad_yp, None, None, grad_w
 
 
-combine.register_autograd(_combine_backward, setup_context=_combine_setup)
+_register_autograd(combine, combine_impl, _combine_backward, _combine_setup)

@@ -22,6 +22,7 @@ DTYPE = torch.bfloat16  # activations; router logits are float32
 ROTATE_BYTES = 256 * 2**20  # small inputs get copies totalling this (> 4x the 50-60 MB L2)
 MAX_SETS = 8
 WARMUP = 3
+BATCH = 10  # calls per timing
 COPY_TARGET = 0.80  # permute and combine: >= 80% of the copy bandwidth
 ROUTE_TARGET = 5.0  # route: >= 5x faster than torch eager
 # Agreement: |ours - torch| <= rtol * (|torch| + RMS(torch)), by the dtype of the op's inputs; integers
@@ -203,17 +204,19 @@ def activation_ops(tokens: int, k: int, a: Shared) -> list[Op]:
 # ------------------------------------------------------------------------------ measurement
 
 def time_ms(fn: Callable[[InputSet], Fields], sets: list[InputSet], repeat: int) -> float:
-    """Median CUDA-event time of fn on the input sets in turn, after warm-up."""
+    """Median CUDA-event time per call of fn, each timing spanning BATCH back-to-back calls on the
+    input sets in turn (as in a model, where the host queues work ahead of the GPU), after warm-up."""
     for i in range(WARMUP):
         fn(sets[i % len(sets)])
     events = [(torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True))
               for _ in range(repeat)]
     for i, (start, end) in enumerate(events):
         start.record()
-        fn(sets[i % len(sets)])
+        for j in range(BATCH):
+            fn(sets[(i * BATCH + j) % len(sets)])
         end.record()
     torch.cuda.synchronize()
-    return statistics.median(start.elapsed_time(end) for start, end in events)
+    return statistics.median(start.elapsed_time(end) / BATCH for start, end in events)
 
 
 def copy_ms(rows: int, repeat: int) -> float:
@@ -318,8 +321,8 @@ def main(argv: list[str] | None = None) -> int:
     print(f"{props.name}, {props.multi_processor_count} SMs, torch {torch.__version__}, "
           f"moeroute {moeroute.__version__}")
     print(f"T={tokens} H={HIDDEN} {str(DTYPE).removeprefix('torch.')} activations, float32 logits, "
-          f"dropless softmax top-k routing; median of {args.repeat} CUDA-event timings after "
-          f"{WARMUP} warm-ups\n")
+          f"dropless softmax top-k routing; median of {args.repeat} CUDA-event timings, each "
+          f"over {BATCH} back-to-back calls, after {WARMUP} warm-ups\n")
     rows, mismatches = [], []
     for experts, k in CONFIGS:
         torch.cuda.reset_peak_memory_stats()

@@ -29,8 +29,9 @@ extern "C" __global__ void fill_i32(int* out, long long n, int value) {
 // counts[e * chunks + c]: picks of expert e among positions [c * CHUNK, (c + 1) * CHUNK) (one
 // block per chunk; expert-major so that each expert's scan reads contiguous memory).
 extern "C" __global__ void count_chunks(const int* ids, const unsigned char* only, int P, int T, int k, int E,
-                                        int slot_major, int* counts) {
+                                        int slot_major, int* counts, int* done) {
     extern __shared__ int hist[];
+    if (done != 0 && blockIdx.x == 0 && threadIdx.x == 0) *done = 0;  // for scan_chunks' last block
     for (int e = threadIdx.x; e < E; e += blockDim.x) hist[e] = 0;
     __syncthreads();
     const int j0 = blockIdx.x * CHUNK, j1 = min(j0 + CHUNK, P);
@@ -42,8 +43,40 @@ extern "C" __global__ void count_chunks(const int* ids, const unsigned char* onl
     for (int e = threadIdx.x; e < E; e += blockDim.x) counts[(long long)e * gridDim.x + blockIdx.x] = hist[e];
 }
 
-// One block per expert: counts become exclusive prefixes over the chunks; totals[e] the sum.
-extern "C" __global__ void scan_chunks(int* counts, int chunks, int E, int* totals) {
+// One block: segment starts from per-expert totals. capacity >= 0: E segments of capacity rows
+// (tokens = min(total, capacity)); else dropless with segments rounded up to pad_to. The int64
+// outputs may be null.
+__device__ void segment_offsets_block(const int* totals, int E, int pad_to, int capacity, int* seg_start,
+                                      i64* offsets, i64* tokens, i64* assigned) {
+    long long carry = 0;
+    for (int base = 0; base < E; base += blockDim.x) {
+        const int e = base + threadIdx.x;
+        const int n = e < E ? __ldcg(totals + e) : 0;  // (written by other blocks: skip L1)
+        const int size = capacity >= 0 ? capacity : (n + pad_to - 1) / pad_to * pad_to;
+        int total;
+        const int before = block_exclusive_scan(e < E ? size : 0, &total);
+        if (e < E) {
+            const long long start = carry + before;
+            seg_start[e] = (int)start;
+            if (offsets) offsets[e] = start;
+            if (tokens) tokens[e] = capacity >= 0 ? min(n, capacity) : n;
+            if (assigned) assigned[e] = n;
+        }
+        carry += total;
+    }
+    if (threadIdx.x == 0 && offsets) offsets[E] = carry;
+}
+
+extern "C" __global__ void segment_offsets(const int* totals, int E, int pad_to, int capacity, int* seg_start,
+                                           i64* offsets, i64* tokens, i64* assigned) {
+    segment_offsets_block(totals, E, pad_to, capacity, seg_start, offsets, tokens, assigned);
+}
+
+// One block per expert: counts become exclusive prefixes over the chunks; totals[e] the sum. With
+// `done` (zeroed by count_chunks), the last block to finish also computes the segment offsets
+// (segment_offsets_block) from all the totals.
+extern "C" __global__ void scan_chunks(int* counts, int chunks, int E, int* totals, int* done, int pad_to,
+                                       int capacity, int* seg_start, i64* offsets, i64* tokens, i64* assigned) {
     const int e = blockIdx.x;
     const int per = (chunks + blockDim.x - 1) / blockDim.x;
     const int c0 = threadIdx.x * per, c1 = min(c0 + per, chunks);
@@ -58,30 +91,16 @@ extern "C" __global__ void scan_chunks(int* counts, int chunks, int E, int* tota
         running += v;
     }
     if (threadIdx.x == 0) totals[e] = total;
-}
-
-// One block: segment starts from per-expert totals. capacity >= 0: E segments of capacity rows
-// (tokens = min(total, capacity)); else dropless with segments rounded up to pad_to. The int64
-// outputs may be null.
-extern "C" __global__ void segment_offsets(const int* totals, int E, int pad_to, int capacity, int* seg_start,
-                                           i64* offsets, i64* tokens, i64* assigned) {
-    long long carry = 0;
-    for (int base = 0; base < E; base += blockDim.x) {
-        const int e = base + threadIdx.x;
-        const int n = e < E ? totals[e] : 0;
-        const int size = capacity >= 0 ? capacity : (n + pad_to - 1) / pad_to * pad_to;
-        int total;
-        const int before = block_exclusive_scan(e < E ? size : 0, &total);
-        if (e < E) {
-            const long long start = carry + before;
-            seg_start[e] = (int)start;
-            if (offsets) offsets[e] = start;
-            if (tokens) tokens[e] = capacity >= 0 ? min(n, capacity) : n;
-            if (assigned) assigned[e] = n;
-        }
-        carry += total;
+    if (done == 0) return;
+    __shared__ bool last;
+    if (threadIdx.x == 0) {
+        __threadfence();  // this block's total is visible before its ticket is
+        last = atomicAdd(done, 1) == (int)gridDim.x - 1;
     }
-    if (threadIdx.x == 0 && offsets) offsets[E] = carry;
+    __syncthreads();
+    if (!last) return;
+    __threadfence();
+    segment_offsets_block(totals, E, pad_to, capacity, seg_start, offsets, tokens, assigned);
 }
 
 // One warp per chunk: each pick's rank among the earlier picks of its expert (in the chosen

@@ -59,6 +59,8 @@ pub struct RouteWorkspace {
     pub counts: usize,
     pub totals: usize,
     pub seg_start: usize,
+    /// Blocks of scan_chunks done (for its last block).
+    pub done: usize,
     pub flags: usize,
     pub order: usize,
     /// Transposed scores ([E, T]) of an expert choice.
@@ -81,16 +83,17 @@ pub fn route_workspace(dtype: DType, t: usize, e: usize, k: usize, num_groups: O
     };
     let acc = acc_bytes(dtype);
     let picks = t * k;
-    let chunks = picks.div_ceil(CHUNK);
+    let chunks = picks.div_ceil(CHUNK).max(1);
     let row_scratch = gate_shared_bytes(e, dtype).is_none().then(|| take(t * e * acc));
     let group_scratch = num_groups.map(|g| take(t * g * acc));
-    let counts = take(chunks.max(1) * e * 4);
+    let counts = take(chunks * e * 4);
     let totals = take(e * 4);
     let seg_start = take(e * 4);
+    let done = take(4);
     let flags = take(picks);
     let order = take(picks * 4);
     let probs_t = (k == 0).then(|| take(t * e * acc));
-    RouteWorkspace { row_scratch, group_scratch, counts, totals, seg_start, flags, order, probs_t, bytes: at.max(256) }
+    RouteWorkspace { row_scratch, group_scratch, counts, totals, seg_start, done, flags, order, probs_t, bytes: at.max(256) }
 }
 
 /// Output pointers of a plan, in moeroute's field order.
@@ -149,16 +152,19 @@ pub fn route(device: &Device, call: &RouteCall, options: &RouteOptions) -> Resul
     let out = &call.out;
     let (t32, e32, k32) = (t as i32, e as i32, k as i32);
     gate(&go, call, options, &ws, rows)?;
-    let chunks = (t * k).div_ceil(CHUNK) as u64;
+    let chunks = (t * k).div_ceil(CHUNK).max(1) as u64;
     let counters = (e * 4) as u32;
-    let (counts, totals, seg_start) = (at(ws.counts), at(ws.totals), at(ws.seg_start));
-    // Per-expert ranks of the picks at each position of an order (token-major or slot-major),
-    // counting only picks flagged in `only` (0: all picks).
+    let (counts, totals, seg_start, done) = (at(ws.counts), at(ws.totals), at(ws.seg_start), at(ws.done));
     // Picks per expert in each chunk of an order (token-major or slot-major), counting only the
-    // picks flagged in `only` (0: all), scanned into per-chunk prefixes and per-expert totals.
-    let count = |slot_major: bool, only: u64| -> Result<()> {
-        go.run("count_chunks", chunks, 256, counters, Args::new().ptr(out.expert_ids).ptr(only).i32(picks).i32(t32).i32(k32).i32(e32).i32(slot_major as i32).ptr(counts))?;
-        go.run("scan_chunks", e as u64, 256, 0, Args::new().ptr(counts).i32(chunks as i32).i32(e32).ptr(totals))
+    // picks flagged in `only` (0: all), scanned into per-chunk prefixes and per-expert totals;
+    // with `layout`, the scan's last block also writes the segment offsets (and the plan's counts).
+    let count = |slot_major: bool, only: u64, layout: Option<(i32, i32)>| -> Result<()> {
+        let args = Args::new().ptr(out.expert_ids).ptr(only).i32(picks).i32(t32).i32(k32).i32(e32).i32(slot_major as i32);
+        go.run("count_chunks", chunks, 256, counters, args.ptr(counts).ptr(if layout.is_some() { done } else { 0 }))?;
+        let (pad_to, capacity) = layout.unwrap_or((1, -1));
+        let args = Args::new().ptr(counts).i32(chunks as i32).i32(e32).ptr(totals).ptr(if layout.is_some() { done } else { 0 });
+        let args = args.i32(pad_to).i32(capacity).ptr(seg_start).ptr(out.expert_offsets).ptr(out.tokens_per_expert).ptr(out.assigned_per_expert);
+        go.run("scan_chunks", e as u64, 256, 0, args)
     };
     let offsets = |pad_to: i32, capacity: i32, outputs: bool| -> Result<()> {
         let o = |p: u64| if outputs { p } else { 0 };
@@ -197,27 +203,24 @@ pub fn route(device: &Device, call: &RouteCall, options: &RouteOptions) -> Resul
     };
     match layout {
         Layout::Dropless { pad_to } => {
-            count(false, 0)?;
-            offsets(pad_to as i32, -1, true)?;
+            count(false, 0, Some((pad_to as i32, -1)))?;
             assign(false, 0, RANK_ROWS, 0)?;
         }
         Layout::Capacity(c) => {
             let c = c as i32;
             match options.priority {
                 Priority::Token => {
-                    count(false, 0)?;
-                    offsets(1, c, true)?;
+                    count(false, 0, Some((1, c)))?;
                     assign(false, 0, RANK_ROWS_CAPPED, c)?;
                 }
                 Priority::Slot => {
-                    count(true, 0)?;
-                    offsets(1, c, true)?;
+                    count(true, 0, Some((1, c)))?;
                     assign(true, 0, RANK_FLAGS, c)?;
-                    count(false, at(ws.flags))?;
+                    count(false, at(ws.flags), None)?;
                     assign(false, at(ws.flags), RANK_ROWS, c)?;
                 }
                 Priority::Score => {
-                    count(false, 0)?;
+                    count(false, 0, None)?;
                     offsets(1, -1, false)?;
                     assign(false, 0, RANK_ORDER, 0)?;
                     let keep = if call.dtype == DType::F64 { "keep_by_score_f64" } else { "keep_by_score_f32" };
@@ -436,5 +439,9 @@ pub fn route_backward(device: &Device, call: &RouteBackwardCall) -> Result<()> {
     let args = Args::new().ptr(call.grad_weights).ptr(call.grad_probs).ptr(call.probs).ptr(call.expert_ids).ptr(call.dest);
     let args = args.i32(t as i32).i32(call.num_experts as i32).i32(call.slots as i32).i32((call.score == ScoreFunction::Sigmoid) as i32).i32(normalize);
     let (kernel, args) = if call.double { ("route_backward_f64", args.f64(call.scale)) } else { ("route_backward_f32", args.f32(call.scale as f32)) };
-    Launch { device, stream: call.stream }.run(kernel, t.div_ceil(128) as u64, 128, 0, args.ptr(call.grad_logits))
+    // 32 tokens per block; their gradient rows in shared memory when they fit.
+    let bytes = 32 * (call.num_experts + 1) * if call.double { 8 } else { 4 };
+    let in_shared = bytes <= SHARED_LIMIT;
+    let shared = if in_shared { bytes as u32 } else { 0 };
+    Launch { device, stream: call.stream }.run(kernel, t.div_ceil(32) as u64, 32, shared, args.ptr(call.grad_logits).i32(in_shared as i32))
 }

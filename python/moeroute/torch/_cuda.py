@@ -25,38 +25,55 @@ def _stream(t: Tensor) -> Tuple[int, int]:
     return index, torch.cuda.current_stream(index).cuda_stream
 
 
-def _plan_outputs(logits: Tensor, slots: int, rows: int) -> Tuple[Tensor, ...]:
+def _plan_outputs(logits: Tensor, slots: int, rows: int, workspace_bytes: int) -> Tuple[Tuple[Tensor, ...], Tensor]:
+    """(the plan's eight tensors, the workspace), each allocated on its own."""
     t, e = logits.shape
     acc = accumulation_dtype(logits.dtype)
     dev = logits.device
     i32, i64 = torch.int32, torch.int64
-    return (torch.empty((t, slots), dtype=acc, device=dev), torch.empty((t, e), dtype=acc, device=dev),
-            torch.empty((t, slots), dtype=i32, device=dev), torch.empty((t, slots), dtype=i32, device=dev),
-            torch.empty((rows,), dtype=i32, device=dev), torch.empty((e + 1,), dtype=i64, device=dev),
-            torch.empty((e,), dtype=i64, device=dev), torch.empty((e,), dtype=i64, device=dev))
+    outputs = (torch.empty((t, slots), dtype=acc, device=dev), torch.empty((t, e), dtype=acc, device=dev),
+               torch.empty((t, slots), dtype=i32, device=dev), torch.empty((t, slots), dtype=i32, device=dev),
+               torch.empty((rows,), dtype=i32, device=dev), torch.empty((e + 1,), dtype=i64, device=dev),
+               torch.empty((e,), dtype=i64, device=dev), torch.empty((e,), dtype=i64, device=dev))
+    return outputs, torch.empty(workspace_bytes, dtype=torch.uint8, device=dev)
 
 
-def _workspace(dtype_name: str, t: int, e: int, k: int, num_groups: Optional[int], device) -> Tensor:
-    return torch.empty(_core.cuda_route_workspace(dtype_name, t, e, k, num_groups), dtype=torch.uint8, device=device)
+def _packed_plan_outputs(logits: Tensor, slots: int, rows: int, workspace_bytes: int) -> Tuple[Tuple[Tensor, ...], Tensor]:
+    """The same as views of three allocations (floats; int32 fields + workspace; int64 counts):
+    each allocation costs the host about as much as a kernel launch. The fields share storage, so
+    this is for eager calls only (custom ops must not return aliased outputs)."""
+    t, e = logits.shape
+    dev = logits.device
+    floats = torch.empty(t * slots + t * e, dtype=accumulation_dtype(logits.dtype), device=dev)
+    fields = 2 * t * slots + rows
+    head = -(-fields // 64) * 64  # the workspace starts 256-byte aligned
+    ints = torch.empty(head + -(-workspace_bytes // 4), dtype=torch.int32, device=dev)
+    longs = torch.empty(3 * e + 1, dtype=torch.int64, device=dev)
+    weights, probs = floats.split([t * slots, t * e])
+    expert_ids, dest, src, ws = ints.split([t * slots, t * slots, rows, ints.numel() - fields])
+    offsets, tokens, assigned = longs.split([e + 1, e, e])
+    outputs = (weights.view(t, slots), probs.view(t, e), expert_ids.view(t, slots), dest.view(t, slots), src,
+               offsets, tokens, assigned)
+    return outputs, ws[head - fields:]
 
 
 def route(logits: Tensor, rows: int, k: int, score: str, normalize: str, scale: float, bias: Optional[Tensor],
           num_groups: Optional[int], topk_groups: Optional[int], capacity: Optional[int],
           capacity_factor: Optional[float], min_capacity: int, capacity_multiple: int, priority: str,
-          pad_to: int) -> Tuple[Tensor, ...]:
+          pad_to: int, packed: bool = False) -> Tuple[Tensor, ...]:
     logits = logits.detach().contiguous()
     dtype_name = activation_name(logits, "logits")
     t, e = logits.shape
-    outputs = _plan_outputs(logits, k, rows)
+    allocate = _packed_plan_outputs if packed else _plan_outputs
+    outputs, ws = allocate(logits, k, rows, _core.cuda_route_workspace(dtype_name, t, e, k, num_groups))
     bias_ptr = 0
     if bias is not None:
         bias = bias.detach().to(device=logits.device, dtype=accumulation_dtype(logits.dtype)).contiguous()
         bias_ptr = bias.data_ptr()
-    ws = _workspace(dtype_name, t, e, k, num_groups, logits.device)
     device, stream = _stream(logits)
     _core.cuda_route(device, stream, logits.data_ptr(), dtype_name, t, e, k, score, normalize, scale, bias_ptr,
                      num_groups, topk_groups, capacity, capacity_factor, min_capacity, capacity_multiple, priority,
-                     pad_to, tuple(o.data_ptr() for o in outputs), ws.data_ptr(), ws.numel())
+                     pad_to, tuple(o.data_ptr() for o in outputs), ws.data_ptr(), ws.numel() * ws.element_size())
     return outputs
 
 
@@ -64,8 +81,7 @@ def expert_choice(logits: Tensor, capacity: Optional[int], capacity_factor: floa
     logits = logits.detach().contiguous()
     dtype_name = activation_name(logits, "logits")
     t, e = logits.shape
-    outputs = _plan_outputs(logits, e, rows)
-    ws = _workspace(dtype_name, t, e, 0, None, logits.device)
+    outputs, ws = _plan_outputs(logits, e, rows, _core.cuda_route_workspace(dtype_name, t, e, 0, None))
     device, stream = _stream(logits)
     _core.cuda_expert_choice(device, stream, logits.data_ptr(), dtype_name, t, e, capacity, capacity_factor,
                              tuple(o.data_ptr() for o in outputs), ws.data_ptr(), ws.numel())

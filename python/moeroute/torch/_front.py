@@ -35,7 +35,7 @@ def route(logits: torch.Tensor, options: tuple) -> RoutingPlan:
         bias_t = bias
     else:
         bias_t = None if bias is None else torch.as_tensor(bias, dtype=torch.float64)
-    outputs = _ops.call(_ops.route, _ops.route_impl, logits, k, score, normalize, scale, bias_t, num_groups,
+    outputs = _ops.call(_ops.route, _ops.route_eager_impl, logits, k, score, normalize, scale, bias_t, num_groups,
                         topk_groups, capacity, capacity_factor, min_capacity, capacity_multiple, priority, pad_to)
     t, e = logits.shape
     resolved, _ = _ops.plan_layout(int(t), int(e), k, capacity, capacity_factor, min_capacity,

@@ -24,9 +24,15 @@ def call(op, impl, *args):
     """Runs the custom op `op` under torch.compile; in eager mode the same implementation `impl`,
     directly, or through an autograd.Function with the op's own backward when autograd has to
     record the call (the dispatcher costs far more per call than the kernels at small sizes)."""
-    if torch.compiler.is_compiling() or any(isinstance(a, Tensor) and type(a) not in _PLAIN for a in args):
-        return op(*args)  # traced, or fake / functional tensors of a tracer (e.g. in opcheck)
-    if torch.is_grad_enabled() and any(isinstance(a, Tensor) and a.requires_grad for a in args):
+    if torch.compiler.is_compiling():
+        return op(*args)
+    record = False
+    for a in args:
+        if isinstance(a, Tensor):
+            if type(a) not in _PLAIN:
+                return op(*args)  # fake / functional tensors of a tracer (e.g. in opcheck)
+            record = record or a.requires_grad
+    if record and torch.is_grad_enabled():
         return _EAGER_AUTOGRAD.get(op, op)(*args)
     return impl(*args)
 
@@ -105,6 +111,17 @@ def route_impl(logits: Tensor, k: int, score: str, normalize: str, scale: float,
 
 
 route = torch.library.custom_op("moeroute::route", mutates_args=())(route_impl)
+
+
+def route_eager_impl(logits: Tensor, *options) -> PlanTensors:
+    """route_impl for eager calls autograd does not record: on CUDA, the plan's fields are views of
+    three allocations instead of nine."""
+    if logits.is_cuda:
+        t, e = logits.shape
+        k, capacity, capacity_factor, min_capacity, capacity_multiple, pad_to = (options[0], *options[7:11], options[12])
+        _, rows = plan_layout(int(t), int(e), k, capacity, capacity_factor, min_capacity, capacity_multiple, pad_to)
+        return _cuda.route(logits, rows, *options, packed=True)  # type: ignore[return-value]
+    return route_impl(logits, *options)
 
 
 @route.register_fake

@@ -117,3 +117,27 @@ impl Device {
         Err(cuda_error(format!("kernel {name} is missing from the embedded PTX")))
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn without_a_driver_every_device_is_a_clear_error() {
+        if driver_available() {
+            return; // a machine with a GPU: nothing to check here
+        }
+        match device(0) {
+            Err(Error::Cuda { problem }) => assert!(problem.contains("no NVIDIA driver"), "{problem}"),
+            Err(other) => panic!("unexpected error {other}"),
+            Ok(_) => panic!("a device without a driver"),
+        }
+    }
+
+    #[test]
+    fn every_module_is_embedded_ptx_for_sm_70() {
+        for (name, ptx) in MODULES {
+            assert!(ptx.contains(".version 8.0") && ptx.contains(".target sm_70"), "{name}");
+        }
+    }
+}

@@ -335,7 +335,7 @@ pub fn expert_choice(device: &Device, call: &ExpertChoiceCall, capacity: Option<
 /// Elements moved per thread: as many as fit 16 bytes when every row starts 16-byte aligned.
 fn pack(dtype: DType, hidden: usize, pointers: &[u64]) -> usize {
     let (elem, widest) = (elem_bytes(dtype), 16 / elem_bytes(dtype));
-    let aligned = pointers.iter().all(|&p| p % 16 == 0) && (hidden * elem) % 16 == 0;
+    let aligned = pointers.iter().all(|&p| p.is_multiple_of(16)) && (hidden * elem).is_multiple_of(16);
     if aligned { widest } else { 1 }
 }
 
@@ -354,7 +354,10 @@ pub fn permute(device: &Device, stream: u64, dtype: DType, x: Rows, hidden: usiz
     }
     check_i32("T", x.rows)?;
     device.make_current()?;
-    let width = [16usize, 8, 4, 2].into_iter().find(|&w| bytes % w == 0 && x.ptr % w as u64 == 0 && xp.ptr % w as u64 == 0).unwrap_or(2);
+    let width = [16usize, 8, 4, 2]
+        .into_iter()
+        .find(|&w| bytes.is_multiple_of(w) && x.ptr.is_multiple_of(w as u64) && xp.ptr.is_multiple_of(w as u64))
+        .unwrap_or(2);
     let kernel = name(&[("16", "gather_rows_b16"), ("8", "gather_rows_b8"), ("4", "gather_rows_b4"), ("2", "gather_rows_b2")], &width.to_string())?;
     let words = (bytes / width) as i64;
     let block = (words as u64).clamp(32, 256).div_ceil(32) as u32 * 32;
@@ -444,4 +447,22 @@ pub fn route_backward(device: &Device, call: &RouteBackwardCall) -> Result<()> {
     let in_shared = bytes <= SHARED_LIMIT;
     let shared = if in_shared { bytes as u32 } else { 0 };
     Launch { device, stream: call.stream }.run(kernel, t.div_ceil(32) as u64, 32, shared, args.ptr(call.grad_logits).i32(in_shared as i32))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn workspace_regions_are_disjoint_and_aligned() {
+        let ws = route_workspace(DType::F32, 1000, 512, 16, Some(8));
+        let mut starts = vec![ws.row_scratch.unwrap(), ws.group_scratch.unwrap(), ws.counts, ws.totals, ws.seg_start, ws.done,
+                              ws.flags, ws.order];
+        starts.sort();
+        assert!(starts.windows(2).all(|w| w[0] < w[1]) && starts.iter().all(|s| s % 256 == 0));
+        assert!(ws.bytes >= ws.order + 1000 * 16 * 4);
+        // 32 rows of 512 float32 scores do not fit shared memory: the gating rows go to the workspace.
+        assert!(route_workspace(DType::F32, 10, 64, 2, None).row_scratch.is_none());
+        assert!(route_workspace(DType::F32, 0, 4, 2, None).bytes >= 256);
+    }
 }

@@ -722,7 +722,7 @@ def print_overhead(args: argparse.Namespace, overhead: dict) -> None:
     print("raw = moeroute._core on the equivalent NumPy arrays; added = median of paired batch "
           "differences torch front - raw\n(forward call only); best batches: fastest torch batch - "
           "fastest raw batch; requires_grad: inputs that\nrequire grad, so autograd records the "
-          "call through the custom op.\n")
+          "call (an autograd.Function in eager mode).\n")
 
 
 # ---------------------------------------------------------------------------------- reporting

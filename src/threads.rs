@@ -1,6 +1,7 @@
 //! The rayon thread pool every kernel runs in: sized by `set_num_threads`, RAYON_NUM_THREADS or the
 //! CPU count. Kernels split work into fixed-size chunks, so results never depend on the thread count.
 
+use std::cell::Cell;
 use std::sync::{Arc, RwLock};
 
 use crate::error::{Error, Result};
@@ -39,9 +40,42 @@ fn pool() -> Result<Arc<rayon::ThreadPool>> {
     Ok(slot.as_ref().expect("pool was just set").clone())
 }
 
-/// Runs `f` inside moeroute's thread pool.
-pub fn install<R: Send>(f: impl FnOnce() -> R + Send) -> Result<R> {
+/// Elements of work at or below which a kernel runs on the calling thread: waking the pool's
+/// sleeping threads costs more than such a kernel (tens of microseconds).
+pub const INLINE_WORK: usize = 1 << 15;
+
+thread_local! {
+    /// Whether this thread is running a small kernel by itself (see `min_len`).
+    static INLINE: Cell<bool> = const { Cell::new(false) };
+}
+
+/// Resets INLINE when the inline run ends, panics included.
+struct InlineGuard;
+impl Drop for InlineGuard {
+    fn drop(&mut self) {
+        INLINE.with(|i| i.set(false));
+    }
+}
+
+/// Runs `f` inside moeroute's thread pool or, for `work` <= INLINE_WORK elements, on the calling
+/// thread alone. Kernels split work in fixed chunks either way, so the results are the same.
+pub fn install<R: Send>(work: usize, f: impl FnOnce() -> R + Send) -> Result<R> {
+    if work <= INLINE_WORK {
+        INLINE.with(|i| i.set(true));
+        let _guard = InlineGuard;
+        return Ok(f());
+    }
     Ok(pool()?.install(f))
+}
+
+/// The minimum length of each piece a kernel's parallel iterator is split into: 1 in the pool,
+/// unbounded (no split: the calling thread does every chunk in order) in an inline run.
+pub fn min_len() -> usize {
+    if INLINE.with(|i| i.get()) {
+        usize::MAX
+    } else {
+        1
+    }
 }
 
 /// Replaces the pool with one of `num_threads` threads.

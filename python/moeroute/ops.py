@@ -81,9 +81,28 @@ def _is_torch(value: Any) -> bool:
     return type(value).__module__.startswith("torch") and hasattr(value, "data_ptr")
 
 
-def _route_options(k, num_experts, score, normalize, scale, bias, num_groups, topk_groups, capacity,
-                   capacity_factor, min_capacity, capacity_multiple, priority, pad_to) -> tuple:
-    """Checked scalar options of route, in the order of the core's signature (after dtype)."""
+_CHECKED_OPTIONS: dict = {}
+
+
+def _route_options(k, num_experts, *options) -> tuple:
+    """Checked scalar options of route, in the order of the core's signature (after dtype). Options
+    without a bias are checked once per distinct (value, type) combination and remembered."""
+    if options[3] is not None:
+        return _check_route_options(k, num_experts, *options)
+    key = (k, num_experts, *options, type(k), *map(type, options))
+    try:
+        checked = _CHECKED_OPTIONS.get(key)
+    except TypeError:  # an unhashable (so invalid) option: the checks below name it
+        return _check_route_options(k, num_experts, *options)
+    if checked is None:
+        checked = _check_route_options(k, num_experts, *options)
+        if len(_CHECKED_OPTIONS) < 256:
+            _CHECKED_OPTIONS[key] = checked
+    return checked
+
+
+def _check_route_options(k, num_experts, score, normalize, scale, bias, num_groups, topk_groups, capacity,
+                         capacity_factor, min_capacity, capacity_multiple, priority, pad_to) -> tuple:
     k = integer(k, "k")
     if not 1 <= k <= max(num_experts, 1):
         raise ArgumentError(f"k: got {k}, expected an integer in [1, {num_experts}] (the number of experts)")

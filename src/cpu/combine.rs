@@ -3,6 +3,8 @@
 
 use rayon::prelude::*;
 
+use crate::threads::min_len;
+
 use crate::cpu::simd::{dispatch, Body};
 use crate::dtype::{Accum, Activation};
 use crate::cpu::indices::check_dest;
@@ -27,7 +29,7 @@ pub fn combine<A: Activation>(
         y.fill(A::ZERO);
         return Ok(());
     }
-    y.par_chunks_mut(TOKENS_PER_TASK * hidden).zip(dest.par_chunks(TOKENS_PER_TASK * slots)).enumerate().for_each(
+    y.par_chunks_mut(TOKENS_PER_TASK * hidden).with_min_len(min_len()).zip(dest.par_chunks(TOKENS_PER_TASK * slots)).enumerate().for_each(
         |(task, (y_chunk, dest_chunk))| {
             let first_slot = task * TOKENS_PER_TASK * slots;
             dispatch(CombineTask { rows, hidden, slots, dest: dest_chunk, weights, first_slot, y: y_chunk });

@@ -3,6 +3,8 @@
 
 use rayon::prelude::*;
 
+use crate::threads::min_len;
+
 use crate::cpu::indices::{check_dest, check_src};
 use crate::cpu::simd::{dispatch, Body};
 use crate::dtype::{Accum, Activation};
@@ -32,7 +34,7 @@ pub fn combine_backward<A: Activation>(
     check_src(src, num_tokens)?;
     // Each row's slot: the s with dest[src[r], s] == r.
     let row_slot: Vec<i64> = src
-        .par_iter()
+        .par_iter().with_min_len(min_len())
         .enumerate()
         .map(|(r, &t)| {
             if t < 0 {
@@ -49,14 +51,14 @@ pub fn combine_backward<A: Activation>(
         })
         .collect::<Result<_>>()?;
     if hidden > 0 {
-        grad_yp.par_chunks_mut(ROWS_PER_TASK * hidden).zip(row_slot.par_chunks(ROWS_PER_TASK)).zip(src.par_chunks(ROWS_PER_TASK)).for_each(
+        grad_yp.par_chunks_mut(ROWS_PER_TASK * hidden).with_min_len(min_len()).zip(row_slot.par_chunks(ROWS_PER_TASK)).zip(src.par_chunks(ROWS_PER_TASK)).for_each(
             |((out, slot_of_row), src_rows)| dispatch(ScaleRows { grad_y, hidden, weights, slot_of_row, src_rows, out }),
         );
     }
     if slots == 0 {
         return Ok(());
     }
-    grad_w.par_chunks_mut(TOKENS_PER_TASK * slots).zip(dest.par_chunks(TOKENS_PER_TASK * slots)).enumerate().for_each(
+    grad_w.par_chunks_mut(TOKENS_PER_TASK * slots).with_min_len(min_len()).zip(dest.par_chunks(TOKENS_PER_TASK * slots)).enumerate().for_each(
         |(task, (gw_chunk, dest_chunk))| {
             let first_token = task * TOKENS_PER_TASK;
             dispatch(WeightGrads { grad_y, yp, hidden, slots, first_token, dest: dest_chunk, out: gw_chunk })

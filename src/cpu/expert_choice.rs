@@ -2,6 +2,8 @@
 
 use rayon::prelude::*;
 
+use crate::threads::min_len;
+
 use crate::cpu::scores::{score_row, ScoreMath};
 use crate::cpu::simd::{dispatch, Body};
 use crate::dtype::{Accum, Activation};
@@ -42,7 +44,7 @@ where
     // prob, then lower token" a plain integer comparison.
     let taken = c.min(t_count);
     let chosen: Vec<Vec<u32>> = (0..e_count)
-        .into_par_iter()
+        .into_par_iter().with_min_len(min_len())
         .map(|e| {
             let mut keys: Vec<u128> = (0..t_count)
                 .map(|t| ((probs[t * e_count + e].to_f64().to_bits() as u128) << 32) | (u32::MAX - t as u32) as u128)
@@ -100,7 +102,7 @@ where
         return Ok(probs);
     }
     let outcomes: Vec<std::result::Result<(), (usize, &'static str)>> = probs
-        .par_chunks_mut(TOKENS_PER_TASK * num_experts)
+        .par_chunks_mut(TOKENS_PER_TASK * num_experts).with_min_len(min_len())
         .zip(logits.par_chunks(TOKENS_PER_TASK * num_experts))
         .enumerate()
         .map(|(task, (p, l))| dispatch(SoftmaxTask { first_token: task * TOKENS_PER_TASK, num_experts, logits: l, probs: p }))

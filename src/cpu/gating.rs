@@ -4,6 +4,8 @@ use std::mem::MaybeUninit;
 
 use rayon::prelude::*;
 
+use crate::threads::min_len;
+
 use crate::cpu::scores::{score_row, ScoreMath};
 use crate::cpu::select::{mask_groups, top_k};
 use crate::cpu::simd::{dispatch, Body};
@@ -121,7 +123,7 @@ where
         return Ok(Gate { expert_ids, picked_scores, probs });
     }
     let outcomes: Vec<RowsOutcome> = probs.spare_capacity_mut()[..num_tokens * e_count]
-        .par_chunks_mut(TOKENS_PER_TASK * e_count)
+        .par_chunks_mut(TOKENS_PER_TASK * e_count).with_min_len(min_len())
         .zip(expert_ids.par_chunks_mut(TOKENS_PER_TASK * k))
         .zip(picked_scores.par_chunks_mut(TOKENS_PER_TASK * k))
         .enumerate()

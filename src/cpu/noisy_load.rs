@@ -2,6 +2,8 @@
 
 use rayon::prelude::*;
 
+use crate::threads::min_len;
+
 use crate::error::{Error, Result};
 
 /// Φ(z), the standard normal CDF, to about 1e-15 relative accuracy.
@@ -78,7 +80,7 @@ pub fn noisy_load_probs(
     if num_experts == 0 {
         return Ok(());
     }
-    out.par_chunks_mut(num_experts).enumerate().for_each(|(t, row)| {
+    out.par_chunks_mut(num_experts).with_min_len(min_len()).enumerate().for_each(|(t, row)| {
         let range = t * num_experts..(t + 1) * num_experts;
         let mut sorted = noisy[range.clone()].to_vec();
         sorted.sort_unstable_by(|a, b| b.total_cmp(a));

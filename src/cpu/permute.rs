@@ -2,6 +2,8 @@
 
 use rayon::prelude::*;
 
+use crate::threads::min_len;
+
 use crate::cpu::indices::check_src;
 use crate::error::Result;
 
@@ -22,7 +24,7 @@ pub fn permute<A: Copy + Send + Sync>(
     if hidden == 0 {
         return Ok(());
     }
-    xp.par_chunks_mut(ROWS_PER_TASK * hidden).zip(src.par_chunks(ROWS_PER_TASK)).for_each(|(out, rows)| {
+    xp.par_chunks_mut(ROWS_PER_TASK * hidden).with_min_len(min_len()).zip(src.par_chunks(ROWS_PER_TASK)).for_each(|(out, rows)| {
         for (row_out, &t) in out.chunks_exact_mut(hidden).zip(rows) {
             if t < 0 {
                 row_out.fill(zero);

@@ -2,6 +2,8 @@
 
 use rayon::prelude::*;
 
+use crate::threads::min_len;
+
 use crate::cpu::gating::{gate, GateSpec};
 use crate::cpu::scores::ScoreMath;
 use crate::cpu::token_plan::build_token_plan;
@@ -42,14 +44,14 @@ where
         weights.copy_from_slice(&gated.picked_scores);
     }
     let scale = <L::Acc as Accum>::from_f64(options.scale);
-    weights.par_iter_mut().zip(&plan.dest).for_each(|(w, &d)| {
+    weights.par_iter_mut().with_min_len(min_len()).zip(&plan.dest).for_each(|(w, &d)| {
         *w = if d >= 0 { *w } else { <L::Acc as Accum>::ZERO };
     });
     if options.normalize == Normalize::Kept {
         normalize_rows(&mut weights, k);
     }
     if options.scale != 1.0 {
-        weights.par_iter_mut().for_each(|w| *w = *w * scale);
+        weights.par_iter_mut().with_min_len(min_len()).for_each(|w| *w = *w * scale);
     }
     Ok(RoutingPlan {
         num_tokens,
@@ -77,7 +79,7 @@ where
 /// Divides each row of `values` ([_, k]) by its sum (in slot order); a zero sum leaves the row
 /// as it is.
 fn normalize_rows<F: Accum>(values: &mut [F], k: usize) {
-    values.par_chunks_mut(k * 1024).for_each(|chunk| {
+    values.par_chunks_mut(k * 1024).with_min_len(min_len()).for_each(|chunk| {
         for row in chunk.chunks_mut(k) {
             let mut sum = F::ZERO;
             for &v in row.iter() {

@@ -3,6 +3,8 @@
 
 use rayon::prelude::*;
 
+use crate::threads::min_len;
+
 use crate::cpu::indices::check_expert_ids;
 use crate::dtype::Accum;
 use crate::error::Result;
@@ -40,7 +42,7 @@ pub fn route_backward<F: Accum>(
     }
     check_expert_ids(g.expert_ids, s_count, e_count)?;
     let scale = F::from_f64(g.scale);
-    grad_logits.par_chunks_mut(TOKENS_PER_TASK * e_count).enumerate().for_each(|(task, out)| {
+    grad_logits.par_chunks_mut(TOKENS_PER_TASK * e_count).with_min_len(min_len()).enumerate().for_each(|(task, out)| {
         let mut grad_p = vec![F::ZERO; e_count];
         for (i, out_row) in out.chunks_exact_mut(e_count).enumerate() {
             let t = task * TOKENS_PER_TASK + i;

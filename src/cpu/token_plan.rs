@@ -3,6 +3,8 @@
 
 use rayon::prelude::*;
 
+use crate::threads::min_len;
+
 use crate::dtype::Accum;
 use crate::error::Result;
 use crate::routing::capacity::{num_rows, Layout};
@@ -66,7 +68,7 @@ fn counts_per_task(
 ) -> Vec<Vec<i64>> {
     let chunk = (TOKENS_PER_TASK * top_k).max(1);
     expert_ids
-        .par_chunks(chunk)
+        .par_chunks(chunk).with_min_len(min_len())
         .enumerate()
         .map(|(task, ids)| {
             let mut counts = vec![0i64; num_experts];
@@ -125,7 +127,7 @@ fn keep_within_capacity<F: Accum>(
             for (i, &e) in expert_ids.iter().enumerate() {
                 buckets[e as usize].push(i);
             }
-            buckets.par_iter_mut().filter(|b| b.len() > c).for_each(|bucket| {
+            buckets.par_iter_mut().with_min_len(min_len()).filter(|b| b.len() > c).for_each(|bucket| {
                 bucket.sort_by(|&a, &b| {
                     priority_keys[b].partial_cmp(&priority_keys[a]).unwrap_or(std::cmp::Ordering::Equal)
                 });
@@ -176,7 +178,7 @@ fn assign_rows(
         })
         .collect();
     let mut dest = vec![-1i32; expert_ids.len()];
-    dest.par_chunks_mut(chunk).zip(expert_ids.par_chunks(chunk)).zip(starts).enumerate().for_each(
+    dest.par_chunks_mut(chunk).with_min_len(min_len()).zip(expert_ids.par_chunks(chunk)).zip(starts).enumerate().for_each(
         |(task, ((dest, ids), mut row))| {
             for (j, (d, &e)) in dest.iter_mut().zip(ids).enumerate() {
                 if is_kept(task * chunk + j) {

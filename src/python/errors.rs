@@ -26,11 +26,12 @@ impl From<Error> for PyErr {
     }
 }
 
-/// Runs a kernel without the GIL, in moeroute's thread pool; a panic (a bug) becomes a
-/// MoerouteError instead of crashing the interpreter.
-pub fn run_kernel<R: Send>(py: Python<'_>, kernel: impl FnOnce() -> crate::Result<R> + Send) -> PyResult<R> {
+/// Runs a kernel of about `work` elements without the GIL, in moeroute's thread pool (on the
+/// calling thread when small); a panic (a bug) becomes a MoerouteError instead of crashing the
+/// interpreter.
+pub fn run_kernel<R: Send>(py: Python<'_>, work: usize, kernel: impl FnOnce() -> crate::Result<R> + Send) -> PyResult<R> {
     let outcome = py.detach(|| {
-        crate::threads::install(|| std::panic::catch_unwind(std::panic::AssertUnwindSafe(kernel)))
+        crate::threads::install(work, || std::panic::catch_unwind(std::panic::AssertUnwindSafe(kernel)))
     })?;
     match outcome {
         Ok(result) => Ok(result?),

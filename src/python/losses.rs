@@ -31,7 +31,7 @@ fn noisy_load_probs<'py>(
     let out = output::<f64>(py, &[t, e])?;
     let mut guard = out.readwrite();
     let probs = output_slice(&mut guard)?;
-    run_kernel(py, || cpu::noisy_load::noisy_load_probs(clean, noisy, std, e, k, probs))?;
+    run_kernel(py, t * e, || cpu::noisy_load::noisy_load_probs(clean, noisy, std, e, k, probs))?;
     drop(guard);
     Ok(out.into_any())
 }

@@ -106,7 +106,7 @@ fn route<'py>(
         let logits = input::<<A as Stored>::Storage>(logits, "logits")?;
         let (t, e) = logits_shape(logits.shape())?;
         let values = A::view(slice(&logits, "logits")?);
-        let plan = run_kernel(py, || cpu::route::route(values, t, e, &options))?;
+        let plan = run_kernel(py, t * e, || cpu::route::route(values, t, e, &options))?;
         plan_dict(py, plan)
     })
 }
@@ -124,7 +124,7 @@ fn expert_choice<'py>(
         let logits = input::<<A as Stored>::Storage>(logits, "logits")?;
         let (t, e) = logits_shape(logits.shape())?;
         let values = A::view(slice(&logits, "logits")?);
-        let plan = run_kernel(py, || cpu::expert_choice::expert_choice(values, t, e, capacity, capacity_factor))?;
+        let plan = run_kernel(py, t * e, || cpu::expert_choice::expert_choice(values, t, e, capacity, capacity_factor))?;
         plan_dict(py, plan)
     })
 }
@@ -171,7 +171,7 @@ fn route_backward_typed<'py, F: Accum + Element>(
     let out = output::<F>(py, &[t, e])?;
     let mut guard = out.readwrite();
     let grad_logits = output_slice(&mut guard)?;
-    run_kernel(py, || cpu::route_backward::route_backward(&graph, grad_w, grad_probs, grad_logits))?;
+    run_kernel(py, graph.num_tokens * graph.num_experts, || cpu::route_backward::route_backward(&graph, grad_w, grad_probs, grad_logits))?;
     drop(guard);
     Ok(out.into_any())
 }
@@ -241,7 +241,7 @@ fn validate_plan<'py>(
         assigned_per_expert: slice(&assigned, "plan.assigned_per_expert")?,
         capacity,
     };
-    run_kernel(py, || validate(&arrays))
+    run_kernel(py, t * s + arrays.num_rows, || validate(&arrays))
 }
 
 /// plan_layout(num_tokens, num_experts, k, capacity, capacity_factor, min_capacity,

@@ -78,7 +78,8 @@ def plan_layout(num_tokens: int, num_experts: int, k: int, capacity: Optional[in
 
 
 def _plan_tensors(fields: dict) -> PlanTensors:
-    return tuple(torch.from_numpy(np.asarray(fields[name])) for name in PLAN_FIELDS)  # type: ignore[return-value]
+    from_numpy = torch.from_numpy
+    return tuple([from_numpy(fields[name]) for name in PLAN_FIELDS])  # type: ignore[return-value]
 
 
 def _fake_plan(logits: Tensor, slots: int, rows: int) -> PlanTensors:

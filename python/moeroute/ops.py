@@ -65,7 +65,7 @@ def route(
     args = (score, normalize, scale, bias, num_groups, topk_groups, capacity, capacity_factor,
             min_capacity, capacity_multiple, priority, pad_to)
     if _is_torch(logits):
-        from .torch import _front
+        _front = _torch_front()
         _front.check_activation(logits, "logits")
         return _front.route(logits, _route_options(k, logits.shape[1], *args))
     storage, dtype_name, _ = activation(logits, "logits", ndim=2)
@@ -74,6 +74,18 @@ def route(
         options = options[:4] + (options[4].tolist(),) + options[5:]
     fields = _core.route(storage, dtype_name, *options)
     return RoutingPlan._trusted(fields, score, normalize, scale)
+
+
+def _torch_front():
+    """moeroute.torch._front, imported on first use (only torch users pay for importing torch)."""
+    global _FRONT
+    if _FRONT is None:
+        from .torch import _front
+        _FRONT = _front
+    return _FRONT
+
+
+_FRONT = None
 
 
 def _is_torch(value: Any) -> bool:
@@ -146,7 +158,7 @@ def expert_choice(logits: Any, *, capacity_factor: float = 1.0, capacity: Option
     capacity = optional_integer(capacity, "capacity", 0)
     capacity_factor = real(capacity_factor, "capacity_factor")
     if _is_torch(logits):
-        from .torch import _front
+        _front = _torch_front()
         return _front.expert_choice(logits, capacity, capacity_factor)
     storage, dtype_name, _ = activation(logits, "logits", ndim=2)
     fields = _core.expert_choice(storage, dtype_name, capacity, capacity_factor)
@@ -176,7 +188,7 @@ def permute(x: Any, plan: RoutingPlan) -> np.ndarray:
     """
     plan = _check_plan(plan)
     if _is_torch(x):
-        from .torch import _front
+        _front = _torch_front()
         return _front.permute(x, plan)
     storage, dtype_name, dtype = activation(x, "x", ndim=2)
     _expect_rows("x", storage, plan.num_tokens, "T = plan.num_tokens")
@@ -211,7 +223,7 @@ def combine(yp: Any, plan: RoutingPlan, weights: Any = None) -> np.ndarray:
     """
     plan = _check_plan(plan)
     if _is_torch(yp):
-        from .torch import _front
+        _front = _torch_front()
         return _front.combine(yp, plan, weights)
     storage, dtype_name, dtype = activation(yp, "yp", ndim=2)
     _expect_rows("yp", storage, plan.num_rows, "R = plan.num_rows")
@@ -231,7 +243,7 @@ def permute_backward(grad_xp: Any, plan: RoutingPlan) -> np.ndarray:
     """
     plan = _check_plan(plan)
     if _is_torch(grad_xp):
-        from .torch import _front
+        _front = _torch_front()
         return _front.permute_backward(grad_xp, plan)
     storage, dtype_name, dtype = activation(grad_xp, "grad_xp", ndim=2)
     _expect_rows("grad_xp", storage, plan.num_rows, "R = plan.num_rows")
@@ -253,7 +265,7 @@ def combine_backward(grad_y: Any, yp: Any, plan: RoutingPlan, weights: Any = Non
     """
     plan = _check_plan(plan)
     if _is_torch(yp):
-        from .torch import _front
+        _front = _torch_front()
         return _front.combine_backward(grad_y, yp, plan, weights)
     yp_storage, dtype_name, dtype = activation(yp, "yp", ndim=2)
     gy_storage, gy_dtype_name, _ = activation(grad_y, "grad_y", ndim=2)
@@ -282,7 +294,7 @@ def route_backward(grad_weights: Any, plan: RoutingPlan, logits: Any) -> np.ndar
     """
     plan = _check_plan(plan)
     if _is_torch(logits):
-        from .torch import _front
+        _front = _torch_front()
         return _front.route_backward(grad_weights, plan, logits)
     storage, _, dtype = activation(logits, "logits", ndim=2)
     if storage.shape != plan.probs.shape:

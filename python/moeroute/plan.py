@@ -84,14 +84,15 @@ class RoutingPlan:
 
     def _set(self, arrays: Mapping[str, np.ndarray], capacity: Optional[int], score: str,
              normalize: str, scale: float) -> None:
+        set_slot = object.__setattr__  # (the class's own __setattr__ refuses: the plan is immutable)
         for name, array in arrays.items():
             if isinstance(array, np.ndarray):
                 array.flags.writeable = False
-            object.__setattr__(self, name, array)
-        object.__setattr__(self, "capacity", capacity)
-        object.__setattr__(self, "score", score)
-        object.__setattr__(self, "normalize", normalize)
-        object.__setattr__(self, "scale", float(scale))
+            set_slot(self, name, array)
+        set_slot(self, "capacity", capacity)
+        set_slot(self, "score", score)
+        set_slot(self, "normalize", normalize)
+        set_slot(self, "scale", float(scale))
 
     def __setattr__(self, name: str, value: Any) -> None:
         raise AttributeError(f"RoutingPlan is immutable: cannot set {name!r}")

@@ -37,9 +37,9 @@ def route(logits: torch.Tensor, options: tuple) -> RoutingPlan:
         bias_t = None if bias is None else torch.as_tensor(bias, dtype=torch.float64)
     outputs = _ops.call(_ops.route, _ops.route_eager_impl, logits, k, score, normalize, scale, bias_t, num_groups,
                         topk_groups, capacity, capacity_factor, min_capacity, capacity_multiple, priority, pad_to)
-    t, e = logits.shape
-    resolved, _ = _ops.plan_layout(int(t), int(e), k, capacity, capacity_factor, min_capacity,
-                                   capacity_multiple, pad_to)
+    dropless = capacity is None and capacity_factor is None
+    # The capacity layout has E segments of C rows.
+    resolved = None if dropless else outputs[4].shape[0] // max(logits.shape[1], 1)
     return _plan(outputs, resolved, score, normalize, scale)
 
 

@@ -3,7 +3,7 @@ or from arrays (validated), and saved / reloaded as a dict of NumPy arrays."""
 
 from __future__ import annotations
 
-from typing import Any, Dict, Mapping, Optional
+from typing import Any, Dict, Iterable, Mapping, Optional, Tuple
 
 import numpy as np
 
@@ -72,20 +72,28 @@ class RoutingPlan:
             converted["expert_ids"], converted["dest"], converted["src"], converted["expert_offsets"],
             converted["tokens_per_expert"], converted["assigned_per_expert"], capacity,
         )
-        self._set(converted, capacity, choice(score, "score", SCORES),
+        self._set(converted.items(), capacity, choice(score, "score", SCORES),
                   choice(normalize, "normalize", NORMALIZATIONS), real(scale, "scale"))
 
     @classmethod
     def _trusted(cls, fields: Mapping[str, Any], score: str, normalize: str, scale: float) -> "RoutingPlan":
         """Wraps arrays the core just produced (already consistent) without re-validating."""
+        return cls._of(ARRAY_FIELDS, [fields[name] for name in ARRAY_FIELDS], fields["capacity"], score,
+                       normalize, scale)
+
+    @classmethod
+    def _of(cls, names: Iterable[str], arrays: Iterable[Any], capacity: Optional[int], score: str,
+            normalize: str, scale: float) -> "RoutingPlan":
+        """A plan of the given fields (already consistent: not re-validated); NumPy arrays are made
+        read-only."""
         plan = cls.__new__(cls)
-        plan._set({name: fields[name] for name in ARRAY_FIELDS}, fields["capacity"], score, normalize, scale)
+        plan._set(zip(names, arrays), capacity, score, normalize, scale)
         return plan
 
-    def _set(self, arrays: Mapping[str, np.ndarray], capacity: Optional[int], score: str,
+    def _set(self, arrays: Iterable[Tuple[str, Any]], capacity: Optional[int], score: str,
              normalize: str, scale: float) -> None:
         set_slot = object.__setattr__  # (the class's own __setattr__ refuses: the plan is immutable)
-        for name, array in arrays.items():
+        for name, array in arrays:
             if isinstance(array, np.ndarray):
                 array.flags.writeable = False
             set_slot(self, name, array)

@@ -22,9 +22,7 @@ def check_activation(t: torch.Tensor, name: str, ndim: int = 2) -> None:
 
 
 def _plan(outputs, capacity: Optional[int], score: str, normalize: str, scale: float) -> RoutingPlan:
-    fields = dict(zip(_ops.PLAN_FIELDS, outputs))
-    fields["capacity"] = capacity
-    return RoutingPlan._trusted(fields, score, normalize, scale)
+    return RoutingPlan._of(_ops.PLAN_FIELDS, outputs, capacity, score, normalize, scale)
 
 
 def route(logits: torch.Tensor, options: tuple) -> RoutingPlan:

@@ -30,6 +30,7 @@ import moeroute
 from compare import cpu_model  # benches/compare.py, beside this script
 from moeroute import _core
 from moeroute.torch import MoE
+from moeroute.torch.experts import matmul_dtype
 
 GROUPED_MM = getattr(F, "grouped_mm", None) or getattr(torch, "_grouped_mm", None)
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
@@ -413,9 +414,14 @@ def make_layer_inputs(shape: LayerShape, dtype: torch.dtype, seed: int = 0) -> L
 
 def swiglu_experts(rows: torch.Tensor, wg: torch.Tensor, wu: torch.Tensor, wd: torch.Tensor,
                    offs: torch.Tensor) -> torch.Tensor:
-    """The two grouped-matmul stages: silu(rows @ w_gate) * (rows @ w_up), then @ w_down."""
+    """The two grouped-matmul stages: silu(rows @ w_gate) * (rows @ w_up), then @ w_down, in the
+    dtype moeroute's experts compute in (float32 for bfloat16 on a CPU without native bfloat16
+    matmuls), so that (b), (c) and moeroute's layer do the same expert arithmetic."""
+    dtype = rows.dtype
+    compute = matmul_dtype(dtype, rows.device)
+    rows, wg, wu, wd = rows.to(compute), wg.to(compute), wu.to(compute), wd.to(compute)
     hidden = F.silu(GROUPED_MM(rows, wg, offs=offs)) * GROUPED_MM(rows, wu, offs=offs)
-    return GROUPED_MM(hidden, wd, offs=offs)
+    return GROUPED_MM(hidden, wd, offs=offs).to(dtype)
 
 
 def router_weights(x: torch.Tensor, wr: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -631,8 +637,8 @@ def print_layers(layers: list[dict], repeat: int) -> None:
           "index_copy back + weighted sum;\n(c) floor: the grouped_mm SwiGLU stages alone on "
           "pre-gathered rows (input and weight grads). Ratios > 1 in (b)/moeroute and "
           "(a)/moeroute:\nmoeroute faster. T/n: run at fewer tokens than the named shape "
-          "(bfloat16 by default: torch's CPU bfloat16 matmuls\nare slow without AVX512-BF16 / "
-          "AMX, see floor GFLOP/s).")
+          "(bfloat16 by default: (a)'s per-expert bfloat16 matmuls\nare slow on CPUs without AVX512-BF16 / "
+          "AMX; moeroute's experts, (b) and (c) compute in float32 there).")
     print("\nAgreement, checked once before timing: per field, max |diff| / RMS(ref) and "
           "RMS(diff) / RMS(ref);\nbfloat16 results against (a) in float32 on the same values.")
     rows = []

@@ -1,9 +1,11 @@
 """Expert feed-forward networks held as stacked weights [E, ...] and run over the expert segments
 of the permuted rows: torch's grouped matmul where the installed torch has it, a per-segment loop
-otherwise. Custom expert modules (any nn.Module, including another MoE) run segment by segment."""
+otherwise (in float32 for half-precision experts on a CPU without native half-precision matmuls).
+Custom expert modules (any nn.Module, including another MoE) run segment by segment."""
 
 from __future__ import annotations
 
+import functools
 import math
 from typing import Optional, Sequence
 
@@ -14,6 +16,25 @@ from torch import nn
 from ..errors import ArgumentError
 
 _GROUPED_MM = getattr(F, "grouped_mm", None) or getattr(torch, "_grouped_mm", None)
+
+
+@functools.lru_cache(maxsize=None)
+def _cpu_supports(check: str) -> bool:
+    probe = getattr(torch.cpu, check, None)
+    return bool(probe()) if probe is not None else False
+
+
+def matmul_dtype(dtype: torch.dtype, device: torch.device) -> torch.dtype:
+    """The dtype expert matmuls run in: float32 for bfloat16 / float16 on a CPU without AMX or
+    AVX512-BF16 (AMX-FP16 for float16), where torch's half-precision matmuls run tens of times
+    slower than float32 ones (and are no more accurate); `dtype` otherwise."""
+    if device.type != "cpu" or dtype not in (torch.bfloat16, torch.float16):
+        return dtype
+    if dtype == torch.bfloat16:
+        native = _cpu_supports("_is_amx_tile_supported") or _cpu_supports("_is_avx512_bf16_supported")
+    else:
+        native = _cpu_supports("_is_amx_fp16_supported")
+    return dtype if native else torch.float32
 
 
 def grouped_matmul(rows: torch.Tensor, weights: torch.Tensor, expert_offsets: torch.Tensor) -> torch.Tensor:
@@ -82,12 +103,14 @@ class StackedFFN(nn.Module):
         self.w_down = param(num_experts, ffn_size, hidden_size, fan_in=ffn_size)
 
     def forward(self, xp: torch.Tensor, expert_offsets: torch.Tensor) -> torch.Tensor:
-        up = grouped_matmul(xp, self.w_up, expert_offsets)
+        compute = matmul_dtype(xp.dtype, xp.device)  # (.to of the same dtype copies nothing)
+        rows = xp.to(compute)
+        up = grouped_matmul(rows, self.w_up.to(compute), expert_offsets)
         if self.activation == "swiglu":
-            hidden = F.silu(grouped_matmul(xp, self.w_gate, expert_offsets)) * up
+            hidden = F.silu(grouped_matmul(rows, self.w_gate.to(compute), expert_offsets)) * up
         else:
             hidden = F.gelu(up)
-        return grouped_matmul(hidden, self.w_down, expert_offsets)
+        return grouped_matmul(hidden, self.w_down.to(compute), expert_offsets).to(xp.dtype)
 
     def expert(self, e: int, rows: torch.Tensor) -> torch.Tensor:
         """Expert e alone on some rows (the plain reference of what forward computes)."""

@@ -26,7 +26,7 @@ CONFIGS = [
 def reference_forward(layer, x):
     """The layer computed token by token with plain torch ops, on the layer's own picks."""
     tokens = x.reshape(-1, layer.hidden_size)
-    logits = layer.router(tokens)
+    logits = layer.gate_logits(tokens)
     plan = layer.plan(logits.detach())
     o = layer.route_options
     probs = torch.softmax(logits, -1) if layer.routing == "expert" or o["score"] == "softmax" else torch.sigmoid(logits)

@@ -14,7 +14,7 @@ from torch import nn
 from .. import losses as _losses
 from ..errors import ArgumentError
 from ..ops import expert_choice, route
-from .experts import ModuleExperts, StackedFFN
+from .experts import ModuleExperts, StackedFFN, matmul_dtype
 from ._ops import combine as _combine_op, permute as _permute_op
 
 
@@ -116,12 +116,21 @@ class MoE(nn.Module):
         self.losses: Dict[str, torch.Tensor] = {}
         self.stats: Optional[RoutingStats] = None
 
+    def gate_logits(self, tokens: torch.Tensor) -> torch.Tensor:
+        """The router's linear gate. Half-precision layers on a CPU without native half-precision
+        matmuls compute it in float32 (routing wants float32 logits anyway, and there torch's
+        bfloat16 matmuls are tens of times slower)."""
+        compute = matmul_dtype(tokens.dtype, tokens.device)
+        if compute == tokens.dtype:
+            return self.router(tokens)
+        return F.linear(tokens.to(compute), self.router.weight.to(compute))
+
     def router_logits(self, tokens: torch.Tensor):
         """(logits used for routing, clean logits, noise std or None)."""
         router_in = tokens
         if self.training and self.jitter > 0:
             router_in = tokens * torch.empty_like(tokens).uniform_(1.0 - self.jitter, 1.0 + self.jitter)
-        clean = self.router(router_in)
+        clean = self.gate_logits(router_in)
         if self.noise is None or not self.training:
             return clean, clean, None
         noise_std = F.softplus(self.noise(router_in)) + 1e-2

@@ -243,6 +243,14 @@ pub fn route(device: &Device, call: &RouteCall, options: &RouteOptions) -> Resul
 /// Largest number of experts the 16-lanes-per-token gating kernel takes (16 columns per lane).
 const LANES_MAX_EXPERTS: usize = 256;
 
+/// The one-thread-per-token gating kernels by dtype.
+const GATE_KERNELS: [(&str, &str); 4] = [("f32", "gate_f32"), ("f64", "gate_f64"), ("f16", "gate_f16"), ("bf16", "gate_bf16")];
+
+/// Marks all `rows` of src as padding (-1): when no gating kernel runs (T = 0), which otherwise does it.
+fn fill_padding(go: &Launch, src: u64, rows: usize) -> Result<()> {
+    go.run("fill_i32", (rows as u64).div_ceil(256).min(65536), 256, 0, Args::new().ptr(src).i64(rows as i64).i32(-1))
+}
+
 /// The 16-lanes-per-token kernels by (dtype, columns per lane, list length).
 const GATE_LANES_KERNELS: [(&str, &str); 12] = [
     ("f32_n4_k2", "gate_lanes_f32_n4_k2"), ("f32_n4_k8", "gate_lanes_f32_n4_k8"),
@@ -258,7 +266,7 @@ const GATE_LANES_KERNELS: [(&str, &str); 12] = [
 /// Both also set the `rows` entries of src to -1.
 fn gate(go: &Launch, call: &RouteCall, options: &RouteOptions, ws: &RouteWorkspace, rows: usize) -> Result<()> {
     if call.num_tokens == 0 {
-        return go.run("fill_i32", (rows as u64).div_ceil(256).min(65536), 256, 0, Args::new().ptr(call.out.src).i64(rows as i64).i32(-1));
+        return fill_padding(go, call.out.src, rows);
     }
     let (t, e, k) = (call.num_tokens, call.num_experts, options.top_k);
     let out = &call.out;
@@ -273,7 +281,7 @@ fn gate(go: &Launch, call: &RouteCall, options: &RouteOptions, ws: &RouteWorkspa
         let args = args.ptr(call.bias).ptr(out.probs).ptr(out.expert_ids).ptr(out.weights).ptr(out.src).i64(rows as i64);
         return go.run(kernel, t.div_ceil(8) as u64, 128, 0, args);
     }
-    let gate_name = name(&[("f32", "gate_f32"), ("f64", "gate_f64"), ("f16", "gate_f16"), ("bf16", "gate_bf16")], suffix(call.dtype))?;
+    let gate_name = name(&GATE_KERNELS, suffix(call.dtype))?;
     let shared = gate_shared_bytes(e, call.dtype).unwrap_or(0) as u32;
     let (groups, topk_groups) = options.groups.map_or((0, 0), |g| (g.num_groups as i32, g.topk_groups as i32));
     let at = |offset: usize| call.workspace + offset as u64;
@@ -317,10 +325,9 @@ pub fn expert_choice(device: &Device, call: &ExpertChoiceCall, capacity: Option<
     let go = Launch { device, stream: call.stream };
     let out = &call.out;
     if t == 0 {
-        go.run("fill_i32", (rows as u64).div_ceil(256).min(65536), 256, 0, Args::new().ptr(out.src).i64(rows as i64).i32(-1))?;
+        fill_padding(&go, out.src, rows)?;
     }
-    let sfx = suffix(call.dtype);
-    let gate_name = name(&[("f32", "gate_f32"), ("f64", "gate_f64"), ("f16", "gate_f16"), ("bf16", "gate_bf16")], sfx)?;
+    let gate_name = name(&GATE_KERNELS, suffix(call.dtype))?;
     let shared = gate_shared_bytes(e, call.dtype).unwrap_or(0) as u32;
     let at = |offset: usize| call.workspace + offset as u64;
     let probs_t = ws.probs_t.map_or(0, at);

@@ -94,15 +94,15 @@ def _fake_plan(logits: Tensor, slots: int, rows: int) -> PlanTensors:
 
 # ----------------------------------------------------------------------------------- route
 
-def route_impl(logits: Tensor, k: int, score: str, normalize: str, scale: float, bias: Optional[Tensor],
-          num_groups: Optional[int], topk_groups: Optional[int], capacity: Optional[int],
-          capacity_factor: Optional[float], min_capacity: int, capacity_multiple: int,
-          priority: str, pad_to: int) -> PlanTensors:
+def _route(logits: Tensor, options: tuple, packed: bool) -> PlanTensors:
+    """route_impl's work; `packed` (eager calls autograd does not record): on CUDA, the plan's
+    fields are views of three allocations instead of nine (custom ops must not return aliases)."""
+    (k, score, normalize, scale, bias, num_groups, topk_groups, capacity, capacity_factor, min_capacity,
+     capacity_multiple, priority, pad_to) = options
     if logits.is_cuda:
         t, e = logits.shape
         _, rows = plan_layout(int(t), int(e), k, capacity, capacity_factor, min_capacity, capacity_multiple, pad_to)
-        return _cuda.route(logits, rows, k, score, normalize, scale, bias, num_groups, topk_groups, capacity,  # type: ignore[return-value]
-                           capacity_factor, min_capacity, capacity_multiple, priority, pad_to)
+        return _cuda.route(logits, rows, *options, packed=packed)  # type: ignore[return-value]
     storage, dtype_name = to_storage(logits, "logits", 2)
     bias_list = None if bias is None else index_array(bias.to(torch.float64), "bias").tolist()
     fields = _core.route(storage, dtype_name, k, score, normalize, scale, bias_list, num_groups,
@@ -111,18 +111,20 @@ def route_impl(logits: Tensor, k: int, score: str, normalize: str, scale: float,
     return _plan_tensors(fields)
 
 
+def route_impl(logits: Tensor, k: int, score: str, normalize: str, scale: float, bias: Optional[Tensor],
+               num_groups: Optional[int], topk_groups: Optional[int], capacity: Optional[int],
+               capacity_factor: Optional[float], min_capacity: int, capacity_multiple: int,
+               priority: str, pad_to: int) -> PlanTensors:
+    return _route(logits, (k, score, normalize, scale, bias, num_groups, topk_groups, capacity, capacity_factor,
+                           min_capacity, capacity_multiple, priority, pad_to), packed=False)
+
+
 route = torch.library.custom_op("moeroute::route", mutates_args=())(route_impl)
 
 
 def route_eager_impl(logits: Tensor, *options) -> PlanTensors:
-    """route_impl for eager calls autograd does not record: on CUDA, the plan's fields are views of
-    three allocations instead of nine."""
-    if logits.is_cuda:
-        t, e = logits.shape
-        k, capacity, capacity_factor, min_capacity, capacity_multiple, pad_to = (options[0], *options[7:11], options[12])
-        _, rows = plan_layout(int(t), int(e), k, capacity, capacity_factor, min_capacity, capacity_multiple, pad_to)
-        return _cuda.route(logits, rows, *options, packed=True)  # type: ignore[return-value]
-    return route_impl(logits, *options)
+    """route_impl for eager calls autograd does not record (see _route)."""
+    return _route(logits, options, packed=True)
 
 
 @route.register_fake

@@ -64,11 +64,13 @@ def run_once(f: Formulation) -> tuple[float, Any]:
 
 
 def measure(formulations: Sequence[Formulation], repeat: int) -> dict[str, list[float]]:
-    """Wall-time samples (ms) of each formulation, taken round-robin so that the noise of a shared
-    machine falls on all of them alike. The caller has warmed every formulation up."""
+    """Wall-time samples (ms) of each formulation, taken in rounds of one call each, the order
+    reversed every other round: the noise and drift of a shared machine fall on all of them alike,
+    and neighbours in the list always run back to back (sample i of each is one round's).
+    The caller has warmed every formulation up."""
     samples: dict[str, list[float]] = {f.name: [] for f in formulations}
-    for _ in range(repeat):
-        for f in formulations:
+    for i in range(repeat):
+        for f in formulations if i % 2 == 0 else formulations[::-1]:
             ms, result = run_once(f)
             del result
             samples[f.name].append(ms)
@@ -77,6 +79,15 @@ def measure(formulations: Sequence[Formulation], repeat: int) -> dict[str, list[
 
 def timing_entry(samples: list[float]) -> dict:
     return {"median_ms": statistics.median(samples), "samples_ms": samples}
+
+
+def paired_ratio(num: list[float], den: list[float]) -> dict:
+    """num / den from paired samples (taken in the same rounds): the median of the per-round
+    ratios, which cancels the machine's drift between rounds, with its quartiles."""
+    ratios = sorted(a / b for a, b in zip(num, den))
+    q = statistics.quantiles(ratios, n=4) if len(ratios) > 1 else [ratios[0]] * 3
+    return {"median": statistics.median(ratios), "q1": q[0], "q3": q[2],
+            "of_medians": statistics.median(num) / statistics.median(den), "ratios": ratios}
 
 
 def per_call_us(fns: dict[str, Callable[[], Any]], calls: int,
@@ -591,17 +602,21 @@ def bench_layer(full: LayerShape, divisor: int, dtype_name: str, repeat: int,
                                                                    rms_tol)
                  for name in checked}
     del results, ref
-    samples = measure(formulations, repeat)
+    ours_f, loop_f, grouped_f, floor_f = formulations
+    # moeroute beside the floor, and (b) beside moeroute, in every round.
+    samples = measure([floor_f, ours_f, grouped_f, loop_f], repeat)
     med = {name: statistics.median(v) for name, v in samples.items()}
-    ours = med["moeroute"]
+    floor = paired_ratio(samples["moeroute"], samples["(c) floor"])
+    grouped = paired_ratio(samples["(b) grouped"], samples["moeroute"])
+    loop = paired_ratio(samples["(a) loop"], samples["moeroute"])
     entry = {
         "shape": shape.__dict__, "token_divisor": full.tokens // shape.tokens,
         "dtype": dtype_name, "rtol": rtol,
         "rms_tol": rms_tol,
         "timings": {name: timing_entry(v) for name, v in samples.items()},
-        "floor_ratio": ours / med["(c) floor"],
-        "grouped_speedup": med["(b) grouped"] / ours,
-        "loop_speedup": med["(a) loop"] / ours,
+        "floor_ratio": floor["median"], "floor_ratio_detail": floor,
+        "grouped_speedup": grouped["median"], "grouped_speedup_detail": grouped,
+        "loop_speedup": loop["median"],
         "floor_gflops": shape.expert_flops() / med["(c) floor"] / 1e6,
         "agreement": agreement,
     }
@@ -609,6 +624,10 @@ def bench_layer(full: LayerShape, divisor: int, dtype_name: str, repeat: int,
     if breakdown:
         entry["breakdown_ms"] = layer_breakdown(inp, max(repeat // 2, 1))
     return entry
+
+
+def quartiles(detail: dict, digits: int) -> str:
+    return f"[{detail['q1']:.{digits}f}-{detail['q3']:.{digits}f}]"
 
 
 def print_layers(layers: list[dict], repeat: int) -> None:
@@ -628,11 +647,14 @@ def print_layers(layers: list[dict], repeat: int) -> None:
             r["dtype"],
             *(f"{t[n]['median_ms']:.0f}" for n in ("moeroute", "(c) floor", "(b) grouped",
                                                     "(a) loop")),
-            f"{r['floor_ratio']:.3f}{mark('floor', '<=')}",
-            f"{r['grouped_speedup']:.2f}{mark('grouped', '>=')}",
+            f"{r['floor_ratio']:.3f} {quartiles(r['floor_ratio_detail'], 3)}{mark('floor', '<=')}",
+            f"{r['grouped_speedup']:.2f} {quartiles(r['grouped_speedup_detail'], 2)}"
+            f"{mark('grouped', '>=')}",
             f"{r['loop_speedup']:.2f}", f"{r['floor_gflops']:.1f}"))
     print_table(("shape", "", "dtype", "moeroute ms", "floor ms", "(b) ms", "(a) ms",
                  "moeroute/floor", "(b)/moeroute", "(a)/moeroute", "floor GFLOP/s"), rows)
+    print("Ratios: median over rounds of the per-round ratio [quartiles]; each round runs every "
+          "formulation once, back to back.")
     print("(a) per-expert loop + index_add_; (b) softmax+topk, stable argsort, gather, grouped_mm, "
           "index_copy back + weighted sum;\n(c) floor: the grouped_mm SwiGLU stages alone on "
           "pre-gathered rows (input and weight grads). Ratios > 1 in (b)/moeroute and "
@@ -791,7 +813,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--parts", default="A,B,C", help="which parts to run (default A,B,C)")
     p.add_argument("--small", action="store_true",
                    help="quick preset: ops at T=2048 H=512, layer shapes at T/16")
-    p.add_argument("--repeat", type=int, default=5, help="timed runs per layer formulation")
+    p.add_argument("--repeat", type=int, default=9, help="timed rounds of the layer formulations")
     p.add_argument("--op-repeat", type=int, default=9, help="timed runs per op formulation")
     p.add_argument("--tokens", type=int, default=16384, help="(A) T")
     p.add_argument("--hidden", type=int, default=2048, help="(A) H")

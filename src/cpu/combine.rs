@@ -6,6 +6,7 @@ use rayon::prelude::*;
 use crate::threads::min_len;
 
 use crate::cpu::simd::{dispatch, Body};
+use crate::cpu::stream::{copy_row, fence, worth_streaming};
 use crate::dtype::{Accum, Activation};
 use crate::cpu::indices::check_dest;
 use crate::error::Result;
@@ -29,10 +30,12 @@ pub fn combine<A: Activation>(
         y.fill(A::ZERO);
         return Ok(());
     }
+    let streaming = worth_streaming(std::mem::size_of_val(y));
     y.par_chunks_mut(TOKENS_PER_TASK * hidden).with_min_len(min_len()).zip(dest.par_chunks(TOKENS_PER_TASK * slots)).enumerate().for_each(
         |(task, (y_chunk, dest_chunk))| {
             let first_slot = task * TOKENS_PER_TASK * slots;
-            dispatch(CombineTask { rows, hidden, slots, dest: dest_chunk, weights, first_slot, y: y_chunk });
+            dispatch(CombineTask { rows, hidden, slots, dest: dest_chunk, weights, first_slot, streaming, y: y_chunk });
+            fence(streaming);
         },
     );
     Ok(())
@@ -48,6 +51,8 @@ struct CombineTask<'a, A: Activation> {
     weights: Option<&'a [A::Acc]>,
     /// Index of this chunk's first slot in `weights`.
     first_slot: usize,
+    /// Write the output rows with streaming stores (through a row buffer in L1).
+    streaming: bool,
     y: &'a mut [A],
 }
 
@@ -55,9 +60,11 @@ impl<A: Activation> Body for CombineTask<'_, A> {
     type Output = ();
     #[inline(always)]
     fn run(self) {
-        let CombineTask { rows, hidden, slots, dest, weights, first_slot, y } = self;
+        let CombineTask { rows, hidden, slots, dest, weights, first_slot, streaming, y } = self;
         let mut acc = vec![<A::Acc as Accum>::ZERO; hidden];
-        for (i, (y_row, d_row)) in y.chunks_exact_mut(hidden).zip(dest.chunks_exact(slots)).enumerate() {
+        let mut staged = vec![A::ZERO; if streaming { hidden } else { 0 }];
+        for (i, (y_out, d_row)) in y.chunks_exact_mut(hidden).zip(dest.chunks_exact(slots)).enumerate() {
+            let y_row: &mut [A] = if streaming { &mut staged } else { &mut *y_out };
             let token_slot = first_slot + i * slots;
             let weight = |s: usize| weights.map_or(<A::Acc as Accum>::ONE, |w| w[token_slot + s]);
             let row = |d: i32| &rows[d as usize * hidden..(d as usize + 1) * hidden];
@@ -65,23 +72,26 @@ impl<A: Activation> Body for CombineTask<'_, A> {
             // Sum from zero in slot order (0 + w·v keeps the contract's sign of zero); the last
             // kept slot writes the output directly.
             let zero = <A::Acc as Accum>::ZERO;
-            let Some((s0, &d0)) = kept.next() else {
-                y_row.fill(A::ZERO);
-                continue;
-            };
-            let w0 = weight(s0);
-            if kept.peek().is_none() {
-                y_row.iter_mut().zip(row(d0)).for_each(|(o, &v)| *o = A::from_acc(zero + w0 * v.to_acc()));
-                continue;
-            }
-            acc.iter_mut().zip(row(d0)).for_each(|(a, &v)| *a = zero + w0 * v.to_acc());
-            while let Some((s, &d)) = kept.next() {
-                let w = weight(s);
-                if kept.peek().is_some() {
-                    acc.iter_mut().zip(row(d)).for_each(|(a, &v)| *a += w * v.to_acc());
+            if let Some((s0, &d0)) = kept.next() {
+                let w0 = weight(s0);
+                if kept.peek().is_none() {
+                    y_row.iter_mut().zip(row(d0)).for_each(|(o, &v)| *o = A::from_acc(zero + w0 * v.to_acc()));
                 } else {
-                    y_row.iter_mut().zip(acc.iter().zip(row(d))).for_each(|(o, (&a, &v))| *o = A::from_acc(a + w * v.to_acc()));
+                    acc.iter_mut().zip(row(d0)).for_each(|(a, &v)| *a = zero + w0 * v.to_acc());
                 }
+                while let Some((s, &d)) = kept.next() {
+                    let w = weight(s);
+                    if kept.peek().is_some() {
+                        acc.iter_mut().zip(row(d)).for_each(|(a, &v)| *a += w * v.to_acc());
+                    } else {
+                        y_row.iter_mut().zip(acc.iter().zip(row(d))).for_each(|(o, (&a, &v))| *o = A::from_acc(a + w * v.to_acc()));
+                    }
+                }
+            } else {
+                y_row.fill(A::ZERO);
+            }
+            if streaming {
+                copy_row(y_out, &staged, true);
             }
         }
     }
@@ -109,5 +119,28 @@ mod tests {
         // 1 + 2/256 is exact in f32 and in bf16; 1 + 1/256 alone would round back to 1 in bf16.
         combine(&rows, 2, 1, &[0, 1], 2, Some(&[1.0, 2.0]), &mut y).unwrap();
         assert_eq!(y[0].to_f32(), 1.0 + 1.0 / 128.0);
+    }
+
+    #[test]
+    fn large_outputs_written_with_streaming_stores_match_a_plain_sum() {
+        let (tokens, slots, hidden) = (4096, 2, 1024); // y: 4096 tokens * 4 KiB = 16 MiB
+        let (dest, _) = crate::cpu::test_plan::random_plan(tokens, slots, 3);
+        let rows = crate::cpu::test_plan::values(dest.len() * hidden, 4);
+        let weights = crate::cpu::test_plan::values(dest.len(), 5);
+        assert!(crate::cpu::stream::worth_streaming(tokens * hidden * 4));
+        let mut y = vec![9.0f32; tokens * hidden];
+        combine(&rows, dest.len(), hidden, &dest, slots, Some(&weights), &mut y).unwrap();
+        for t in 0..tokens {
+            for h in 0..hidden {
+                let mut want = 0.0f32;
+                for s in 0..slots {
+                    let d = dest[t * slots + s];
+                    if d >= 0 {
+                        want += weights[t * slots + s] * rows[d as usize * hidden + h];
+                    }
+                }
+                assert_eq!(y[t * hidden + h], want, "token {t}, column {h}");
+            }
+        }
     }
 }

@@ -5,17 +5,19 @@ use rayon::prelude::*;
 
 use crate::threads::min_len;
 
-use crate::cpu::indices::{check_dest, check_src};
+use crate::cpu::indices::{check_dest, check_one_to_one, check_src};
 use crate::cpu::simd::{dispatch, Body};
+use crate::cpu::stream::{copy_row, fence, worth_streaming};
 use crate::dtype::{Accum, Activation};
-use crate::error::{Error, Result};
+use crate::error::Result;
 
 const ROWS_PER_TASK: usize = 64;
 const TOKENS_PER_TASK: usize = 64;
 /// Independent partial sums of a dot product: fixed, so the result does not depend on threads.
 const DOT_LANES: usize = 16;
 
-/// Computes grad_yp ([src.len(), hidden]) and grad_w ([num_tokens, slots]).
+/// Computes grad_yp ([src.len(), hidden]) and grad_w ([num_tokens, slots]) in one pass over the
+/// tokens: each kept (token, slot) reads its row of yp for grad_w and writes its row of grad_yp.
 #[allow(clippy::too_many_arguments)]
 pub fn combine_backward<A: Activation>(
     grad_y: &[A],
@@ -30,95 +32,83 @@ pub fn combine_backward<A: Activation>(
     grad_w: &mut [A::Acc],
 ) -> Result<()> {
     let num_rows = src.len();
+    assert_eq!(grad_yp.len(), num_rows * hidden, "combine_backward: grad_yp is not [rows, hidden]");
     check_dest(dest, slots, num_rows)?;
     check_src(src, num_tokens)?;
-    // Each row's slot: the s with dest[src[r], s] == r.
-    let row_slot: Vec<i64> = src
-        .par_iter().with_min_len(min_len())
-        .enumerate()
-        .map(|(r, &t)| {
-            if t < 0 {
-                return Ok(-1);
-            }
-            let first = t as usize * slots;
-            match dest[first..first + slots].iter().position(|&d| d as usize == r && d >= 0) {
-                Some(s) => Ok((first + s) as i64),
-                None => Err(Error::Plan {
-                    arg: "plan.src",
-                    problem: format!("row {r} names token {t}, but no slot of token {t} has that row in plan.dest"),
-                }),
-            }
-        })
-        .collect::<Result<_>>()?;
+    check_one_to_one(dest, src, slots)?;
     if hidden > 0 {
-        grad_yp.par_chunks_mut(ROWS_PER_TASK * hidden).with_min_len(min_len()).zip(row_slot.par_chunks(ROWS_PER_TASK)).zip(src.par_chunks(ROWS_PER_TASK)).for_each(
-            |((out, slot_of_row), src_rows)| dispatch(ScaleRows { grad_y, hidden, weights, slot_of_row, src_rows, out }),
-        );
+        // Padding rows, which no pick writes, are zero.
+        grad_yp.par_chunks_mut(ROWS_PER_TASK * hidden).with_min_len(min_len()).zip(src.par_chunks(ROWS_PER_TASK)).for_each(|(out, rows)| {
+            out.chunks_exact_mut(hidden).zip(rows).filter(|(_, &t)| t < 0).for_each(|(row, _)| row.fill(A::ZERO));
+        });
     }
     if slots == 0 {
         return Ok(());
     }
+    let streaming = worth_streaming(std::mem::size_of_val(grad_yp));
+    let rows = RowsPtr(grad_yp.as_mut_ptr());
     grad_w.par_chunks_mut(TOKENS_PER_TASK * slots).with_min_len(min_len()).zip(dest.par_chunks(TOKENS_PER_TASK * slots)).enumerate().for_each(
         |(task, (gw_chunk, dest_chunk))| {
             let first_token = task * TOKENS_PER_TASK;
-            dispatch(WeightGrads { grad_y, yp, hidden, slots, first_token, dest: dest_chunk, out: gw_chunk })
+            dispatch(TokenGrads { grad_y, yp, hidden, slots, first_token, dest: dest_chunk, weights, streaming, grad_yp: rows, out: gw_chunk });
+            fence(streaming);
         },
     );
     Ok(())
 }
 
-/// grad_yp rows of one task: w[slot of row] · grad_y[src[row]], padding rows zero.
-struct ScaleRows<'a, A: Activation> {
-    grad_y: &'a [A],
-    hidden: usize,
-    weights: &'a [A::Acc],
-    slot_of_row: &'a [i64],
-    src_rows: &'a [i32],
-    out: &'a mut [A],
-}
+/// grad_yp's first element, shared by every task. Each task writes only the rows of its own
+/// tokens' kept slots, and `check_one_to_one` proved that no row belongs to two slots.
+#[derive(Clone, Copy)]
+struct RowsPtr<A>(*mut A);
+// SAFETY: the pointer is only used to write disjoint rows (see above) of elements that are Send.
+unsafe impl<A: Send> Send for RowsPtr<A> {}
+// SAFETY: as for Send: sharing the pointer lets tasks write disjoint rows, never the same one.
+unsafe impl<A: Send> Sync for RowsPtr<A> {}
 
-impl<A: Activation> Body for ScaleRows<'_, A> {
-    type Output = ();
-    #[inline(always)]
-    fn run(self) {
-        let hidden = self.hidden;
-        for ((row_out, &slot), &t) in self.out.chunks_exact_mut(hidden).zip(self.slot_of_row).zip(self.src_rows) {
-            if slot < 0 {
-                row_out.fill(A::ZERO);
-                continue;
-            }
-            let w = self.weights[slot as usize];
-            let g = &self.grad_y[t as usize * hidden..(t as usize + 1) * hidden];
-            row_out.iter_mut().zip(g).for_each(|(o, &v)| *o = A::from_acc(w * v.to_acc()));
-        }
-    }
-}
-
-/// grad_w of one task's tokens: ⟨grad_y[t], yp[dest[t,s]]⟩, zero where dest < 0.
-struct WeightGrads<'a, A: Activation> {
+/// One task's tokens: grad_w[t,s] = ⟨grad_y[t], yp[d]⟩ and grad_yp[d] = w[t,s] · grad_y[t] for
+/// each kept slot (d = dest[t,s]); grad_w is zero where dest < 0.
+struct TokenGrads<'a, A: Activation> {
     grad_y: &'a [A],
     yp: &'a [A],
     hidden: usize,
     slots: usize,
     first_token: usize,
+    /// dest of this task's tokens.
     dest: &'a [i32],
+    weights: &'a [A::Acc],
+    /// Write grad_yp rows with streaming stores (through a row buffer in L1).
+    streaming: bool,
+    grad_yp: RowsPtr<A>,
     out: &'a mut [A::Acc],
 }
 
-impl<A: Activation> Body for WeightGrads<'_, A> {
+impl<A: Activation> Body for TokenGrads<'_, A> {
     type Output = ();
     #[inline(always)]
     fn run(self) {
-        let (hidden, slots) = (self.hidden, self.slots);
+        let (hidden, slots, streaming) = (self.hidden, self.slots, self.streaming);
+        let mut staged = vec![A::ZERO; if streaming { hidden } else { 0 }];
         for (i, (gw_row, d_row)) in self.out.chunks_exact_mut(slots).zip(self.dest.chunks_exact(slots)).enumerate() {
             let t = self.first_token + i;
             let g = &self.grad_y[t * hidden..(t + 1) * hidden];
-            for (gw, &d) in gw_row.iter_mut().zip(d_row) {
-                *gw = if d < 0 {
-                    <A::Acc as Accum>::ZERO
-                } else {
-                    dot(g, &self.yp[d as usize * hidden..(d as usize + 1) * hidden])
-                };
+            for (s, (gw, &d)) in gw_row.iter_mut().zip(d_row).enumerate() {
+                if d < 0 {
+                    *gw = <A::Acc as Accum>::ZERO;
+                    continue;
+                }
+                let d = d as usize;
+                *gw = dot(g, &self.yp[d * hidden..(d + 1) * hidden]);
+                let w = self.weights[t * slots + s];
+                // SAFETY: d < num_rows (check_dest), so row d lies inside grad_yp ([num_rows,
+                // hidden], asserted); this (token, slot) is the only writer of row d
+                // (check_one_to_one), and no other reference to grad_yp is alive meanwhile.
+                let row_out = unsafe { std::slice::from_raw_parts_mut(self.grad_yp.0.add(d * hidden), hidden) };
+                let target: &mut [A] = if streaming { &mut staged } else { &mut *row_out };
+                target.iter_mut().zip(g).for_each(|(o, &v)| *o = A::from_acc(w * v.to_acc()));
+                if streaming {
+                    copy_row(row_out, &staged, true);
+                }
             }
         }
     }
@@ -159,5 +149,40 @@ mod tests {
         combine_backward(&grad_y, &yp, 2, 2, &[1, 0, 2, -1], &[0, 0, 1, -1], 2, &[0.5, 2.0, 1.0, 3.0], &mut grad_yp, &mut grad_w).unwrap();
         assert_eq!(grad_yp, [2.0, 4.0, 0.5, 1.0, 3.0, 4.0, 0.0, 0.0]);
         assert_eq!(grad_w, [2.0, 1.0, 14.0, 0.0]);
+    }
+
+    #[test]
+    fn large_outputs_written_with_streaming_stores_match_plain_loops() {
+        let (tokens, slots, hidden) = (2048, 2, 1024); // grad_yp: 4096 rows * 4 KiB = 16 MiB
+        let (dest, src) = crate::cpu::test_plan::random_plan(tokens, slots, 6);
+        let grad_y = crate::cpu::test_plan::values(tokens * hidden, 7);
+        let yp = crate::cpu::test_plan::values(src.len() * hidden, 8);
+        let weights = crate::cpu::test_plan::values(dest.len(), 9);
+        let mut grad_yp = vec![9.0f32; src.len() * hidden];
+        let mut grad_w = vec![9.0f32; dest.len()];
+        combine_backward(&grad_y, &yp, tokens, hidden, &dest, &src, slots, &weights, &mut grad_yp, &mut grad_w).unwrap();
+        for (r, &t) in src.iter().enumerate() {
+            let row = &grad_yp[r * hidden..(r + 1) * hidden];
+            if t < 0 {
+                assert!(row.iter().all(|&v| v == 0.0), "padding row {r}");
+                continue;
+            }
+            let i = (t as usize * slots..(t as usize + 1) * slots).find(|&i| dest[i] == r as i32).unwrap();
+            let g = &grad_y[t as usize * hidden..(t as usize + 1) * hidden];
+            assert!(row.iter().zip(g).all(|(&v, &gv)| v == weights[i] * gv), "row {r}");
+        }
+        for (i, &d) in dest.iter().enumerate() {
+            let t = i / slots;
+            let want = if d < 0 { 0.0 } else { dot::<f32>(&grad_y[t * hidden..(t + 1) * hidden], &yp[d as usize * hidden..(d as usize + 1) * hidden]) };
+            assert_eq!(grad_w[i], want, "pair {i}");
+        }
+    }
+
+    #[test]
+    fn rejects_a_row_claimed_by_two_slots() {
+        let mut grad_yp = [0.0f64; 8];
+        let mut grad_w = [0.0f64; 4];
+        let err = combine_backward(&[1.0f64; 4], &[1.0f64; 8], 2, 2, &[1, 1, 2, -1], &[0, 0, 1, -1], 2, &[1.0; 4], &mut grad_yp, &mut grad_w);
+        assert!(err.unwrap_err().to_string().contains("twice"));
     }
 }

@@ -14,4 +14,7 @@ pub mod route_backward;
 pub mod scores;
 pub mod select;
 pub mod simd;
+pub mod stream;
+#[cfg(test)]
+pub mod test_plan;
 pub mod token_plan;

@@ -5,6 +5,7 @@ use rayon::prelude::*;
 use crate::threads::min_len;
 
 use crate::cpu::indices::check_src;
+use crate::cpu::stream::{copy_row, fence, worth_streaming};
 use crate::error::Result;
 
 /// Output rows per parallel task.
@@ -24,15 +25,17 @@ pub fn permute<A: Copy + Send + Sync>(
     if hidden == 0 {
         return Ok(());
     }
+    let streaming = worth_streaming(std::mem::size_of_val(xp));
     xp.par_chunks_mut(ROWS_PER_TASK * hidden).with_min_len(min_len()).zip(src.par_chunks(ROWS_PER_TASK)).for_each(|(out, rows)| {
         for (row_out, &t) in out.chunks_exact_mut(hidden).zip(rows) {
             if t < 0 {
                 row_out.fill(zero);
             } else {
                 let t = t as usize;
-                row_out.copy_from_slice(&x[t * hidden..(t + 1) * hidden]);
+                copy_row(row_out, &x[t * hidden..(t + 1) * hidden], streaming);
             }
         }
+        fence(streaming);
     });
     Ok(())
 }
@@ -48,5 +51,19 @@ mod tests {
         permute(&x, 2, 2, &[1, -1, 0], 0.0, &mut xp).unwrap();
         assert_eq!(xp, [3.0, 4.0, 0.0, 0.0, 1.0, 2.0]);
         assert!(permute(&x, 2, 2, &[2, -1, 0], 0.0, &mut xp).is_err());
+    }
+
+    #[test]
+    fn large_outputs_written_with_streaming_stores_match_a_plain_gather() {
+        let (tokens, slots, hidden) = (2048, 2, 1024); // xp: 4096 rows * 4 KiB = 16 MiB
+        let (_, src) = crate::cpu::test_plan::random_plan(tokens, slots, 1);
+        let x = crate::cpu::test_plan::values(tokens * hidden, 2);
+        assert!(crate::cpu::stream::worth_streaming(src.len() * hidden * 4));
+        let mut xp = vec![9.0f32; src.len() * hidden];
+        permute(&x, tokens, hidden, &src, 0.0, &mut xp).unwrap();
+        for (r, &t) in src.iter().enumerate() {
+            let want = if t < 0 { vec![0.0; hidden] } else { x[t as usize * hidden..(t as usize + 1) * hidden].to_vec() };
+            assert_eq!(&xp[r * hidden..(r + 1) * hidden], &want[..], "row {r}");
+        }
     }
 }

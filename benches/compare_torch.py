@@ -157,6 +157,28 @@ def mismatch_lines(where: str, fields: dict) -> list[str]:
     return [f"{where} {name}: {f['mismatch']}" for name, f in fields.items() if f["mismatch"]]
 
 
+# ------------------------------------------------------------------------------- allocator
+
+def reuse_freed_memory() -> str:
+    """Makes glibc's malloc keep freed memory for reuse: every block comes from its heap
+    (mallopt M_MMAP_MAX = 0) and the heap is never trimmed (M_TRIM_THRESHOLD = max), as
+    PyTorch's CPU tuning advice gets by preloading jemalloc / tcmalloc. By default glibc maps
+    each block over 32 MiB afresh and unmaps it on free, so every large tensor pays its page
+    faults anew: at S that is ~250,000 faults and 0.6 s of kernel time per floor call, varying
+    from call to call, which makes timings noisy and measures the OS rather than the layer.
+    The same for every formulation; returns what was done, for the report."""
+    import ctypes
+    import ctypes.util
+
+    m_trim_threshold, m_mmap_max = -1, -4
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+        ok = libc.mallopt(m_mmap_max, 0) == 1 and libc.mallopt(m_trim_threshold, 2**31 - 1) == 1
+    except (OSError, AttributeError):
+        ok = False
+    return "reuse (glibc mallopt)" if ok else "system (mallopt unavailable)"
+
+
 # ------------------------------------------------------------------------------------- inputs
 
 def distinct_logits(gen: torch.Generator, tokens: int, experts: int) -> torch.Tensor:
@@ -810,6 +832,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--json", metavar="PATH", help="also write every number to this JSON file")
+    p.add_argument("--allocator", choices=("reuse", "system"), default="reuse",
+                   help="reuse (default): glibc malloc keeps freed memory, so large tensors do "
+                        "not page-fault afresh on every call (see reuse_freed_memory); system: "
+                        "leave malloc as it is")
     p.add_argument("--parts", default="A,B,C", help="which parts to run (default A,B,C)")
     p.add_argument("--small", action="store_true",
                    help="quick preset: ops at T=2048 H=512, layer shapes at T/16")
@@ -861,13 +887,15 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     if GROUPED_MM is None:
         raise SystemExit(f"torch {torch.__version__} has no grouped_mm")
+    allocator = reuse_freed_memory() if args.allocator == "reuse" else "system"
     threads = moeroute.get_num_threads()
     torch.set_num_threads(threads)
     env = environment(args, threads)
+    env["allocator"] = allocator
     print(f"threads: {threads} (moeroute and torch), cpu_count: {env['cpu_count']}, "
           f"cpu: {env['cpu']}, {env['platform']}")
     print(f"python {env['python']}, numpy {env['numpy']}, torch {env['torch']}, "
-          f"moeroute {env['moeroute']}\n")
+          f"moeroute {env['moeroute']}, allocator: {allocator}\n")
     start = time.perf_counter()
 
     ops = {}

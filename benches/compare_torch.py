@@ -570,7 +570,7 @@ def layer_breakdown(inp: LayerInputs, repeat: int) -> dict[str, float]:
 
     def one_pass():  # its tensors are freed on return, as the whole layer's are between calls
         x = leaf(inp.x)
-        logits = timed("router linear fwd", lambda: layer.router(x))
+        logits = timed("router linear fwd", lambda: layer.gate_logits(x))
         lg = leaf(logits.detach().float())
         plan = timed("route fwd", lambda: moeroute.route(lg, k))
         xl = leaf(inp.x)
@@ -606,15 +606,15 @@ def layer_verdicts(shape_name: str, floor_ratio: float, grouped_speedup: float) 
 
 
 def bench_layer(full: LayerShape, divisor: int, dtype_name: str, repeat: int,
-                breakdown: bool) -> dict:
+                breakdown: bool, seconds: float) -> dict:
     shape = full.scaled(divisor)
     inp = make_layer_inputs(shape, DTYPES[dtype_name])
     formulations = layer_formulations(inp)
     rtol, rms_tol = RTOL[dtype_name], RMS_TOL.get(dtype_name)
-    results = {}
-    for f in formulations[:3]:  # the agreement check, which is also the warm-up
-        results[f.name] = run_once(f)[1]
-    run_once(formulations[3])  # warm the floor up
+    results, warm_ms = {}, {}
+    for f in formulations:  # the agreement check, which is also the warm-up
+        warm_ms[f.name], results[f.name] = run_once(f)
+    results.pop("(c) floor")
     if dtype_name == "float32":  # against (a), the plain loop
         ref, ref_name, checked = results["(a) loop"], "(a)", ("moeroute", "(b) grouped")
     else:  # each against (a) in float32 on the same values
@@ -625,16 +625,23 @@ def bench_layer(full: LayerShape, divisor: int, dtype_name: str, repeat: int,
                  for name in checked}
     del results, ref
     ours_f, loop_f, grouped_f, floor_f = formulations
-    # moeroute beside the floor, and (b) beside moeroute, in every round.
-    samples = measure([floor_f, ours_f, grouped_f, loop_f], repeat)
+    # The targeted ratios: rounds of the floor, moeroute and (b), moeroute beside each. Cheap
+    # shapes get more rounds (up to `seconds` of them, at most 5x repeat): the spread of one
+    # round's ratio is a few percent on a shared machine. (a), often far slower, gets `repeat`
+    # rounds of its own beside moeroute.
+    round_ms = sum(warm_ms[f.name] for f in (floor_f, ours_f, grouped_f))
+    rounds = min(max(repeat, int(seconds * 1e3 / max(round_ms, 1e-3))), 5 * repeat)
+    samples = measure([floor_f, ours_f, grouped_f], rounds)
+    loop_samples = measure([ours_f, loop_f], repeat)
+    samples["(a) loop"] = loop_samples["(a) loop"]
     med = {name: statistics.median(v) for name, v in samples.items()}
     floor = paired_ratio(samples["moeroute"], samples["(c) floor"])
     grouped = paired_ratio(samples["(b) grouped"], samples["moeroute"])
-    loop = paired_ratio(samples["(a) loop"], samples["moeroute"])
+    loop = paired_ratio(loop_samples["(a) loop"], loop_samples["moeroute"])
     entry = {
         "shape": shape.__dict__, "token_divisor": full.tokens // shape.tokens,
         "dtype": dtype_name, "rtol": rtol,
-        "rms_tol": rms_tol,
+        "rms_tol": rms_tol, "rounds": rounds, "loop_rounds": repeat,
         "timings": {name: timing_entry(v) for name, v in samples.items()},
         "floor_ratio": floor["median"], "floor_ratio_detail": floor,
         "grouped_speedup": grouped["median"], "grouped_speedup_detail": grouped,
@@ -652,9 +659,10 @@ def quartiles(detail: dict, digits: int) -> str:
     return f"[{detail['q1']:.{digits}f}-{detail['q3']:.{digits}f}]"
 
 
-def print_layers(layers: list[dict], repeat: int) -> None:
-    print(f"(B) MoE layer (router + SwiGLU experts + combine), forward + backward (grads of "
-          f"input and all weights), equal weights; median of {repeat} after warm-up")
+def print_layers(layers: list[dict]) -> None:
+    print("(B) MoE layer (router + SwiGLU experts + combine), forward + backward (grads of "
+          "input and all weights), equal weights;\nmedians over timed rounds after warm-up "
+          "(rounds: moeroute, floor and (b) / moeroute and (a))")
     rows = []
     for r in layers:
         s, t = r["shape"], r["timings"]
@@ -672,9 +680,11 @@ def print_layers(layers: list[dict], repeat: int) -> None:
             f"{r['floor_ratio']:.3f} {quartiles(r['floor_ratio_detail'], 3)}{mark('floor', '<=')}",
             f"{r['grouped_speedup']:.2f} {quartiles(r['grouped_speedup_detail'], 2)}"
             f"{mark('grouped', '>=')}",
-            f"{r['loop_speedup']:.2f}", f"{r['floor_gflops']:.1f}"))
+            f"{r['loop_speedup']:.2f}", f"{r['floor_gflops']:.1f}",
+            f"{r['rounds']} / {r['loop_rounds']}"))
     print_table(("shape", "", "dtype", "moeroute ms", "floor ms", "(b) ms", "(a) ms",
-                 "moeroute/floor", "(b)/moeroute", "(a)/moeroute", "floor GFLOP/s"), rows)
+                 "moeroute/floor", "(b)/moeroute", "(a)/moeroute", "floor GFLOP/s", "rounds"),
+                rows)
     print("Ratios: median over rounds of the per-round ratio [quartiles]; each round runs every "
           "formulation once, back to back.")
     print("(a) per-expert loop + index_add_; (b) softmax+topk, stable argsort, gather, grouped_mm, "
@@ -839,7 +849,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--parts", default="A,B,C", help="which parts to run (default A,B,C)")
     p.add_argument("--small", action="store_true",
                    help="quick preset: ops at T=2048 H=512, layer shapes at T/16")
-    p.add_argument("--repeat", type=int, default=9, help="timed rounds of the layer formulations")
+    p.add_argument("--repeat", type=int, default=9,
+                   help="(B) the fewest timed rounds per layer configuration")
+    p.add_argument("--layer-seconds", type=float, default=40.0,
+                   help="(B) cheap configurations get more rounds, up to about this many seconds "
+                        "(and at most 5x --repeat)")
     p.add_argument("--op-repeat", type=int, default=9, help="timed runs per op formulation")
     p.add_argument("--tokens", type=int, default=16384, help="(A) T")
     p.add_argument("--hidden", type=int, default=2048, help="(A) H")
@@ -910,8 +924,8 @@ def main(argv: list[str] | None = None) -> int:
                 if dtype == "bfloat16":
                     divisor *= args.bf16_token_divisor or BF16_TOKEN_DIVISOR[name]
                 layers.append(bench_layer(SHAPES[name], divisor, dtype, args.repeat,
-                                          args.breakdown))
-        print_layers(layers, args.repeat)
+                                          args.breakdown, args.layer_seconds))
+        print_layers(layers)
     overhead = {}
     if "C" in args.parts:
         overhead = bench_overhead(args)

@@ -6,13 +6,15 @@ use rayon::prelude::*;
 use crate::threads::min_len;
 
 use crate::cpu::simd::{dispatch, Body};
-use crate::cpu::stream::{copy_row, fence, worth_streaming};
+use crate::cpu::stream::{copy_row, fence, prefetch_rows, worth_streaming};
 use crate::dtype::{Accum, Activation};
 use crate::cpu::indices::check_dest;
 use crate::error::Result;
 
 /// Tokens per parallel task.
 const TOKENS_PER_TASK: usize = 16;
+/// How many tokens ahead their rows are prefetched.
+const PREFETCH_TOKENS: usize = 1;
 
 /// Writes `y` ([num_tokens, hidden]) from `rows` ([num_rows, hidden]) and `dest` ([num_tokens, slots]).
 /// `weights` ([num_tokens, slots]) of None means weight 1 for every kept slot.
@@ -64,6 +66,9 @@ impl<A: Activation> Body for CombineTask<'_, A> {
         let mut acc = vec![<A::Acc as Accum>::ZERO; hidden];
         let mut staged = vec![A::ZERO; if streaming { hidden } else { 0 }];
         for (i, (y_out, d_row)) in y.chunks_exact_mut(hidden).zip(dest.chunks_exact(slots)).enumerate() {
+            if let Some(next) = dest.get((i + PREFETCH_TOKENS) * slots..(i + PREFETCH_TOKENS + 1) * slots) {
+                prefetch_rows(rows, hidden, next);
+            }
             let y_row: &mut [A] = if streaming { &mut staged } else { &mut *y_out };
             let token_slot = first_slot + i * slots;
             let weight = |s: usize| weights.map_or(<A::Acc as Accum>::ONE, |w| w[token_slot + s]);

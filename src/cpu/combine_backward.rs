@@ -7,12 +7,14 @@ use crate::threads::min_len;
 
 use crate::cpu::indices::{check_dest, check_one_to_one, check_src};
 use crate::cpu::simd::{dispatch, Body};
-use crate::cpu::stream::{copy_row, fence, worth_streaming};
+use crate::cpu::stream::{copy_row, fence, prefetch_rows, worth_streaming};
 use crate::dtype::{Accum, Activation};
 use crate::error::Result;
 
 const ROWS_PER_TASK: usize = 64;
 const TOKENS_PER_TASK: usize = 64;
+/// How many tokens ahead their rows of yp are prefetched.
+const PREFETCH_TOKENS: usize = 1;
 /// Independent partial sums of a dot product: fixed, so the result does not depend on threads.
 const DOT_LANES: usize = 16;
 
@@ -90,6 +92,9 @@ impl<A: Activation> Body for TokenGrads<'_, A> {
         let (hidden, slots, streaming) = (self.hidden, self.slots, self.streaming);
         let mut staged = vec![A::ZERO; if streaming { hidden } else { 0 }];
         for (i, (gw_row, d_row)) in self.out.chunks_exact_mut(slots).zip(self.dest.chunks_exact(slots)).enumerate() {
+            if let Some(next) = self.dest.get((i + PREFETCH_TOKENS) * slots..(i + PREFETCH_TOKENS + 1) * slots) {
+                prefetch_rows(self.yp, hidden, next);
+            }
             let t = self.first_token + i;
             let g = &self.grad_y[t * hidden..(t + 1) * hidden];
             for (s, (gw, &d)) in gw_row.iter_mut().zip(d_row).enumerate() {

@@ -5,11 +5,13 @@ use rayon::prelude::*;
 use crate::threads::min_len;
 
 use crate::cpu::indices::check_src;
-use crate::cpu::stream::{copy_row, fence, worth_streaming};
+use crate::cpu::stream::{copy_row, fence, prefetch_row, worth_streaming};
 use crate::error::Result;
 
 /// Output rows per parallel task.
 const ROWS_PER_TASK: usize = 64;
+/// How many rows ahead the source rows are prefetched.
+const PREFETCH_ROWS: usize = 2;
 
 /// Fills `xp` ([src.len(), hidden]) from `x` ([num_tokens, hidden]). Works on any element type:
 /// it only moves bits (`zero` fills padding rows).
@@ -27,7 +29,12 @@ pub fn permute<A: Copy + Send + Sync>(
     }
     let streaming = worth_streaming(std::mem::size_of_val(xp));
     xp.par_chunks_mut(ROWS_PER_TASK * hidden).with_min_len(min_len()).zip(src.par_chunks(ROWS_PER_TASK)).for_each(|(out, rows)| {
-        for (row_out, &t) in out.chunks_exact_mut(hidden).zip(rows) {
+        for (i, (row_out, &t)) in out.chunks_exact_mut(hidden).zip(rows).enumerate() {
+            if let Some(&ahead) = rows.get(i + PREFETCH_ROWS) {
+                if ahead >= 0 {
+                    prefetch_row(&x[ahead as usize * hidden..(ahead as usize + 1) * hidden]);
+                }
+            }
             if t < 0 {
                 row_out.fill(zero);
             } else {

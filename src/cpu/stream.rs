@@ -41,6 +41,36 @@ pub fn fence(streaming: bool) {
     let _ = streaming;
 }
 
+/// Asks the CPU to start loading `row` into the cache (every 64-byte line of it) without
+/// waiting: a gather touches each source row once, at an address the hardware prefetcher cannot
+/// guess, so it pays a memory round trip per row unless the row is requested a few rows ahead.
+#[inline(always)]
+pub fn prefetch_row<A>(row: &[A]) {
+    #[cfg(target_arch = "x86_64")]
+    {
+        let (start, bytes) = (row.as_ptr().cast::<i8>(), std::mem::size_of_val(row));
+        let mut offset = 0;
+        while offset < bytes {
+            // SAFETY: prefetch is a hint that never faults, and start + offset stays inside `row`.
+            unsafe { std::arch::x86_64::_mm_prefetch::<{ std::arch::x86_64::_MM_HINT_T0 }>(start.add(offset)) };
+            offset += 64;
+        }
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    let _ = row;
+}
+
+/// Prefetches the rows `dest` names (skipping -1) of `rows` ([_, hidden]): the rows of a token a
+/// combine-like kernel reaches next.
+#[inline(always)]
+pub fn prefetch_rows<A>(rows: &[A], hidden: usize, dest: &[i32]) {
+    for &d in dest {
+        if d >= 0 {
+            prefetch_row(&rows[d as usize * hidden..(d as usize + 1) * hidden]);
+        }
+    }
+}
+
 /// Copies `bytes` bytes from `src` to `dst`: an unaligned head and tail with ordinary stores and
 /// the 16-byte-aligned body with `movntdq`, four stores (one cache line) per iteration.
 ///

@@ -46,11 +46,14 @@ def activation_name(t: torch.Tensor, name: str) -> str:
 def to_storage(t: torch.Tensor, name: str, ndim: int) -> Tuple[np.ndarray, str]:
     """(NumPy array sharing t's memory, dtype name) for a CPU float tensor; non-contiguous tensors
     are made contiguous first (the only copy)."""
-    check_cpu(t, name)
-    dtype_name = activation_name(t, name)
-    if t.dim() != ndim:
+    dtype_name = _ACTIVATION_DTYPES.get(t.dtype)
+    if dtype_name is None or t.device.type != "cpu" or t.dim() != ndim:  # (one test when valid)
+        check_cpu(t, name)
+        activation_name(t, name)
         raise ShapeError(f"{name}: got shape {list(t.shape)}, expected a {ndim}-D tensor")
-    t = t.detach().contiguous()
+    t = t.detach()
+    if not t.is_contiguous():
+        t = t.contiguous()
     if dtype_name in _HALF_DTYPES:
         return t.view(torch.int16).numpy().view(np.uint16), dtype_name
     return t.numpy(), dtype_name

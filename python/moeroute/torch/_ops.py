@@ -28,16 +28,17 @@ def call(op, impl, *args):
         return op(*args)
     record = False
     for a in args:
-        if isinstance(a, Tensor):
-            if type(a) not in _PLAIN:
-                return op(*args)  # fake / functional tensors of a tracer (e.g. in opcheck)
+        kind = type(a)
+        if kind is Tensor or kind is _PARAMETER:
             record = record or a.requires_grad
+        elif isinstance(a, Tensor):
+            return op(*args)  # fake / functional tensors of a tracer (e.g. in opcheck)
     if record and torch.is_grad_enabled():
         return _EAGER_AUTOGRAD.get(op, op)(*args)
     return impl(*args)
 
 
-_PLAIN = (Tensor, torch.nn.Parameter)
+_PARAMETER = torch.nn.Parameter
 
 
 _EAGER_AUTOGRAD: dict = {}

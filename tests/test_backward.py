@@ -2,6 +2,7 @@
 differences of the reference forward (float64)."""
 
 import ml_dtypes
+import pytest
 import numpy as np
 from hypothesis import given
 from hypothesis import strategies as st
@@ -179,3 +180,27 @@ def check_route_backward_finite_differences(plan, logits, data):
                   + abs(plan.scale) * np.abs(grad_w).sum(axis=1, keepdims=True)) + 1e-9
     assert np.all(np.abs(analytic - fd) <= tol), (analytic, fd)
     assert np.all(np.abs(got - fd) <= tol), (got, fd)
+
+
+# --- large outputs -----------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("dtype", [F32, ml_dtypes.bfloat16])
+def test_large_outputs_streamed_past_the_cache(dtype):
+    """Outputs of 16 MiB and more are written with streaming stores, in a different code path;
+    a capacity-limited plan (dropped picks, padding rows) through every data-moving op."""
+    T, E, k, H = 4096, 16, 2, 1024  # rows: 16 experts x 512 = 8192; xp 16-32 MiB, y 8-16 MiB
+    rng = np.random.default_rng(7)
+    plan = moeroute.route(rng.standard_normal((T, E)).astype(F32), k, capacity_factor=1.0)
+    assert plan.num_dropped > 0 and (plan.src < 0).any()
+    x = rng.uniform(-2, 2, (T, H)).astype(dtype)
+    xp = moeroute.permute(x, plan)
+    np.testing.assert_array_equal(xp, ref.permute(x, plan.src))
+    yp = rng.uniform(-2, 2, xp.shape).astype(dtype)
+    y = moeroute.combine(yp, plan)
+    assert_sum_close(y, ref.combine(yp, plan.dest, plan.weights),
+                     ref.combine_abs(yp, plan.dest, plan.weights), dtype)
+    grad_x = moeroute.permute_backward(yp, plan)
+    np.testing.assert_array_equal(grad_x.astype(F64), ref.permute_backward(yp, plan.dest).astype(F64))
+    grad_y = rng.uniform(-2, 2, y.shape).astype(dtype)
+    check_combine_backward(plan, grad_y, yp, None)

@@ -5,6 +5,7 @@ pub mod cpu;
 pub mod cuda;
 pub mod dtype;
 pub mod error;
+pub mod openmp;
 pub mod routing;
 pub mod threads;
 

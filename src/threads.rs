@@ -68,6 +68,75 @@ pub fn install<R: Send>(work: usize, f: impl FnOnce() -> R + Send) -> Result<R> 
     Ok(pool()?.install(f))
 }
 
+thread_local! {
+    /// In a task kernel run with an OpenMP team (see `install_tasks`): the team's size, else 0.
+    static TEAM: Cell<usize> = const { Cell::new(0) };
+}
+
+/// Resets TEAM when the team run ends, panics included.
+struct TeamGuard;
+impl Drop for TeamGuard {
+    fn drop(&mut self) {
+        TEAM.with(|t| t.set(0));
+    }
+}
+
+/// `install` for kernels whose parallel work goes through `for_each_task` / `for_each_chunk_mut`:
+/// when the process has an OpenMP runtime (PyTorch's), `f` runs on the calling thread and its
+/// tasks on the OpenMP team, with moeroute's thread count. The results are the same either way.
+pub fn install_tasks<R: Send>(work: usize, f: impl FnOnce() -> R + Send) -> Result<R> {
+    if work > INLINE_WORK && crate::openmp::available() {
+        let threads = num_threads()?;
+        TEAM.with(|t| t.set(threads));
+        let _guard = TeamGuard;
+        return Ok(f());
+    }
+    install(work, f)
+}
+
+/// Runs task(i) exactly once for every i in 0..num_tasks: on the OpenMP team inside
+/// `install_tasks`, in moeroute's pool inside `install`, in order on this thread in an inline run.
+pub fn for_each_task(num_tasks: usize, task: impl Fn(usize) + Sync + Send) {
+    let team = TEAM.with(|t| t.get());
+    if team > 0 && crate::openmp::run(num_tasks, team, &task) {
+        return;
+    }
+    if team > 0 || INLINE.with(|i| i.get()) {
+        (0..num_tasks).for_each(task);
+        return;
+    }
+    use rayon::prelude::*;
+    (0..num_tasks).into_par_iter().for_each(task);
+}
+
+/// `out` cut into chunks of `chunk` elements (the last one shorter); task(i, chunk i) runs once
+/// for every chunk, as `for_each_task` runs tasks.
+pub fn for_each_chunk_mut<T: Send>(out: &mut [T], chunk: usize, task: impl Fn(usize, &mut [T]) + Sync + Send) {
+    assert!(chunk > 0, "for_each_chunk_mut: zero chunk length");
+    let len = out.len();
+    let base = SharedMut(out.as_mut_ptr());
+    for_each_task(len.div_ceil(chunk), |i| {
+        let start = i * chunk;
+        // SAFETY: chunk i is [start, start + its length) of `out`, which is borrowed mutably for
+        // this whole call; chunks are disjoint and for_each_task runs each index exactly once, so
+        // no two live slices overlap.
+        let part = unsafe { std::slice::from_raw_parts_mut(base.get().add(start), chunk.min(len - start)) };
+        task(i, part);
+    });
+}
+
+/// A mutable base pointer shared by tasks that write disjoint parts of one slice.
+struct SharedMut<T>(*mut T);
+impl<T> SharedMut<T> {
+    fn get(&self) -> *mut T {
+        self.0
+    }
+}
+// SAFETY: tasks only create disjoint slices from it (see for_each_chunk_mut), of Send elements.
+unsafe impl<T: Send> Send for SharedMut<T> {}
+// SAFETY: as for Send.
+unsafe impl<T: Send> Sync for SharedMut<T> {}
+
 /// The minimum length of each piece a kernel's parallel iterator is split into: 1 in the pool,
 /// unbounded (no split: the calling thread does every chunk in order) in an inline run.
 pub fn min_len() -> usize {

@@ -1,9 +1,7 @@
 //! Combine and permute-backward: y[t] = Σ_s w[t,s] · rows[dest[t,s]] over kept slots, in slot
 //! order, accumulated in f32 (f64 for f64). Without weights it is permute's backward pass.
 
-use rayon::prelude::*;
-
-use crate::threads::min_len;
+use crate::threads::for_each_chunk_mut;
 
 use crate::cpu::simd::{dispatch, Body};
 use crate::cpu::stream::{copy_row, fence, prefetch_rows, worth_streaming};
@@ -27,19 +25,19 @@ pub fn combine<A: Activation>(
     weights: Option<&[A::Acc]>,
     y: &mut [A],
 ) -> Result<()> {
+    assert_eq!(y.len() * slots, dest.len() * hidden, "combine: y is not [tokens, hidden]");
     check_dest(dest, slots, num_rows)?;
     if hidden == 0 || slots == 0 {
         y.fill(A::ZERO);
         return Ok(());
     }
     let streaming = worth_streaming(std::mem::size_of_val(y));
-    y.par_chunks_mut(TOKENS_PER_TASK * hidden).with_min_len(min_len()).zip(dest.par_chunks(TOKENS_PER_TASK * slots)).enumerate().for_each(
-        |(task, (y_chunk, dest_chunk))| {
-            let first_slot = task * TOKENS_PER_TASK * slots;
-            dispatch(CombineTask { rows, hidden, slots, dest: dest_chunk, weights, first_slot, streaming, y: y_chunk });
-            fence(streaming);
-        },
-    );
+    for_each_chunk_mut(y, TOKENS_PER_TASK * hidden, |task, y_chunk| {
+        let first_slot = task * TOKENS_PER_TASK * slots;
+        let dest = &dest[first_slot..first_slot + y_chunk.len() / hidden * slots];
+        dispatch(CombineTask { rows, hidden, slots, dest, weights, first_slot, streaming, y: y_chunk });
+        fence(streaming);
+    });
     Ok(())
 }
 

@@ -1,9 +1,7 @@
 //! Combine's backward pass: grad_yp[dest[t,s]] = w[t,s] · grad_y[t] (padding rows zero) and
 //! grad_w[t,s] = ⟨grad_y[t], yp[dest[t,s]]⟩ (zero where dest < 0).
 
-use rayon::prelude::*;
-
-use crate::threads::min_len;
+use crate::threads::for_each_chunk_mut;
 
 use crate::cpu::indices::{check_dest, check_one_to_one, check_src};
 use crate::cpu::simd::{dispatch, Body};
@@ -35,12 +33,14 @@ pub fn combine_backward<A: Activation>(
 ) -> Result<()> {
     let num_rows = src.len();
     assert_eq!(grad_yp.len(), num_rows * hidden, "combine_backward: grad_yp is not [rows, hidden]");
+    assert_eq!(grad_w.len(), dest.len(), "combine_backward: grad_w is not [tokens, slots]");
     check_dest(dest, slots, num_rows)?;
     check_src(src, num_tokens)?;
     check_one_to_one(dest, src, slots)?;
     if hidden > 0 {
         // Padding rows, which no pick writes, are zero.
-        grad_yp.par_chunks_mut(ROWS_PER_TASK * hidden).with_min_len(min_len()).zip(src.par_chunks(ROWS_PER_TASK)).for_each(|(out, rows)| {
+        for_each_chunk_mut(grad_yp, ROWS_PER_TASK * hidden, |task, out| {
+            let rows = &src[task * ROWS_PER_TASK..task * ROWS_PER_TASK + out.len() / hidden];
             out.chunks_exact_mut(hidden).zip(rows).filter(|(_, &t)| t < 0).for_each(|(row, _)| row.fill(A::ZERO));
         });
     }
@@ -49,13 +49,12 @@ pub fn combine_backward<A: Activation>(
     }
     let streaming = worth_streaming(std::mem::size_of_val(grad_yp));
     let rows = RowsPtr(grad_yp.as_mut_ptr());
-    grad_w.par_chunks_mut(TOKENS_PER_TASK * slots).with_min_len(min_len()).zip(dest.par_chunks(TOKENS_PER_TASK * slots)).enumerate().for_each(
-        |(task, (gw_chunk, dest_chunk))| {
-            let first_token = task * TOKENS_PER_TASK;
-            dispatch(TokenGrads { grad_y, yp, hidden, slots, first_token, dest: dest_chunk, weights, streaming, grad_yp: rows, out: gw_chunk });
-            fence(streaming);
-        },
-    );
+    for_each_chunk_mut(grad_w, TOKENS_PER_TASK * slots, |task, gw_chunk| {
+        let first_token = task * TOKENS_PER_TASK;
+        let dest_chunk = &dest[first_token * slots..first_token * slots + gw_chunk.len()];
+        dispatch(TokenGrads { grad_y, yp, hidden, slots, first_token, dest: dest_chunk, weights, streaming, grad_yp: rows, out: gw_chunk });
+        fence(streaming);
+    });
     Ok(())
 }
 

@@ -1,8 +1,6 @@
 //! Permute: gathers token rows into expert-contiguous rows, xp[r] = x[src[r]], padding rows zero.
 
-use rayon::prelude::*;
-
-use crate::threads::min_len;
+use crate::threads::for_each_chunk_mut;
 
 use crate::cpu::indices::check_src;
 use crate::cpu::stream::{copy_row, fence, prefetch_row, worth_streaming};
@@ -23,12 +21,14 @@ pub fn permute<A: Copy + Send + Sync>(
     zero: A,
     xp: &mut [A],
 ) -> Result<()> {
+    assert_eq!(xp.len(), src.len() * hidden, "permute: xp is not [rows, hidden]");
     check_src(src, num_tokens)?;
     if hidden == 0 {
         return Ok(());
     }
     let streaming = worth_streaming(std::mem::size_of_val(xp));
-    xp.par_chunks_mut(ROWS_PER_TASK * hidden).with_min_len(min_len()).zip(src.par_chunks(ROWS_PER_TASK)).for_each(|(out, rows)| {
+    for_each_chunk_mut(xp, ROWS_PER_TASK * hidden, |task, out| {
+        let rows = &src[task * ROWS_PER_TASK..(task * ROWS_PER_TASK + out.len() / hidden)];
         for (i, (row_out, &t)) in out.chunks_exact_mut(hidden).zip(rows).enumerate() {
             if let Some(&ahead) = rows.get(i + PREFETCH_ROWS) {
                 if ahead >= 0 {

@@ -33,6 +33,19 @@ pub fn run_kernel<R: Send>(py: Python<'_>, work: usize, kernel: impl FnOnce() ->
     let outcome = py.detach(|| {
         crate::threads::install(work, || std::panic::catch_unwind(std::panic::AssertUnwindSafe(kernel)))
     })?;
+    kernel_result(py, outcome)
+}
+
+/// `run_kernel` for kernels written with `threads::for_each_task`: their tasks run on the
+/// process's OpenMP team when it has one (PyTorch's), see `threads::install_tasks`.
+pub fn run_task_kernel<R: Send>(py: Python<'_>, work: usize, kernel: impl FnOnce() -> crate::Result<R> + Send) -> PyResult<R> {
+    let outcome = py.detach(|| {
+        crate::threads::install_tasks(work, || std::panic::catch_unwind(std::panic::AssertUnwindSafe(kernel)))
+    })?;
+    kernel_result(py, outcome)
+}
+
+fn kernel_result<R>(py: Python<'_>, outcome: std::thread::Result<crate::Result<R>>) -> PyResult<R> {
     match outcome {
         Ok(result) => Ok(result?),
         Err(panic) => {

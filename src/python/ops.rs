@@ -4,7 +4,7 @@ use numpy::{PyArrayMethods, PyUntypedArrayMethods};
 use pyo3::prelude::*;
 
 use super::arrays::{dtype, expect_shape, input, output_slice, slice, with_activation, output, Stored};
-use super::errors::run_kernel;
+use super::errors::run_task_kernel;
 use crate::cpu;
 use crate::dtype::Activation;
 
@@ -21,7 +21,7 @@ fn permute<'py>(py: Python<'py>, x: &Bound<'py, PyAny>, dtype_name: &str, src: &
         let out = output::<<A as Stored>::Storage>(py, &[r, h])?;
         let mut guard = out.readwrite();
         let xp = A::view_mut(output_slice(&mut guard)?);
-        run_kernel(py, r * h, || cpu::permute::permute(x, t, h, src, <A as Activation>::ZERO, xp))?;
+        run_task_kernel(py, r * h, || cpu::permute::permute(x, t, h, src, <A as Activation>::ZERO, xp))?;
         drop(guard);
         Ok(out.into_any())
     })
@@ -52,7 +52,7 @@ fn gather_sum<'py>(
         let out = output::<<A as Stored>::Storage>(py, &[t, h])?;
         let mut guard = out.readwrite();
         let y = A::view_mut(output_slice(&mut guard)?);
-        run_kernel(py, (r + t) * h, || cpu::combine::combine(rows, r, h, dest, s, weights, y))?;
+        run_task_kernel(py, (r + t) * h, || cpu::combine::combine(rows, r, h, dest, s, weights, y))?;
         drop(guard);
         Ok(out.into_any())
     })
@@ -115,7 +115,7 @@ fn combine_backward<'py>(
         let mut w_guard = grad_w_out.readwrite();
         let grad_yp = A::view_mut(output_slice(&mut yp_guard)?);
         let grad_w = output_slice(&mut w_guard)?;
-        run_kernel(py, (2 * r + t) * h, || {
+        run_task_kernel(py, (2 * r + t) * h, || {
             cpu::combine_backward::combine_backward(grad_y, yp, t, h, dest, src, s, weights, grad_yp, grad_w)
         })?;
         drop((yp_guard, w_guard));

@@ -112,35 +112,59 @@ pub fn for_each_task(num_tasks: usize, task: impl Fn(usize) + Sync + Send) {
 /// `out` cut into chunks of `chunk` elements (the last one shorter); task(i, chunk i) runs once
 /// for every chunk, as `for_each_task` runs tasks.
 pub fn for_each_chunk_mut<T: Send>(out: &mut [T], chunk: usize, task: impl Fn(usize, &mut [T]) + Sync + Send) {
-    assert!(chunk > 0, "for_each_chunk_mut: zero chunk length");
-    let len = out.len();
-    let base = SharedMut(out.as_mut_ptr());
-    for_each_task(len.div_ceil(chunk), |i| {
-        let start = i * chunk;
-        // SAFETY: chunk i is [start, start + its length) of `out`, which is borrowed mutably for
-        // this whole call; chunks are disjoint and for_each_task runs each index exactly once, so
-        // no two live slices overlap.
-        let part = unsafe { std::slice::from_raw_parts_mut(base.get().add(start), chunk.min(len - start)) };
-        task(i, part);
+    let chunks = DisjointChunks::new(out, chunk);
+    for_each_task(chunks.count(), |i| {
+        // SAFETY: for_each_task runs each index exactly once, so chunk i is taken once.
+        task(i, unsafe { chunks.take(i) })
     });
 }
 
-/// A mutable base pointer shared by tasks that write disjoint parts of one slice.
-struct SharedMut<T>(*mut T);
-impl<T> SharedMut<T> {
-    fn get(&self) -> *mut T {
-        self.0
+/// A mutably borrowed slice cut into chunks of `chunk` elements (the last one shorter) that
+/// parallel tasks take one each, for kernels that write several outputs per task.
+pub struct DisjointChunks<'a, T> {
+    base: *mut T,
+    len: usize,
+    chunk: usize,
+    _borrow: std::marker::PhantomData<&'a mut [T]>,
+}
+
+// SAFETY: tasks only take disjoint chunks (see `take`) of Send elements.
+unsafe impl<T: Send> Send for DisjointChunks<'_, T> {}
+// SAFETY: as for Send: sharing it lets each task take its own chunk, never the same one.
+unsafe impl<T: Send> Sync for DisjointChunks<'_, T> {}
+
+impl<'a, T> DisjointChunks<'a, T> {
+    pub fn new(out: &'a mut [T], chunk: usize) -> Self {
+        assert!(chunk > 0, "DisjointChunks: zero chunk length");
+        Self { base: out.as_mut_ptr(), len: out.len(), chunk, _borrow: std::marker::PhantomData }
+    }
+
+    /// The number of chunks.
+    pub fn count(&self) -> usize {
+        self.len.div_ceil(self.chunk)
+    }
+
+    /// Chunk i.
+    ///
+    /// # Safety
+    /// Each chunk may be taken at most once while this value lives (e.g. by task i of
+    /// `for_each_task`), so that no two live slices overlap.
+    #[allow(clippy::mut_from_ref)]
+    pub unsafe fn take(&self, i: usize) -> &'a mut [T] {
+        let start = i * self.chunk;
+        assert!(start < self.len, "DisjointChunks: chunk {i} out of range");
+        // SAFETY: [start, start + n) lies inside the slice borrowed for 'a; the caller takes each
+        // chunk at most once, and chunks are disjoint.
+        unsafe { std::slice::from_raw_parts_mut(self.base.add(start), self.chunk.min(self.len - start)) }
     }
 }
-// SAFETY: tasks only create disjoint slices from it (see for_each_chunk_mut), of Send elements.
-unsafe impl<T: Send> Send for SharedMut<T> {}
-// SAFETY: as for Send.
-unsafe impl<T: Send> Sync for SharedMut<T> {}
 
 /// The minimum length of each piece a kernel's parallel iterator is split into: 1 in the pool,
 /// unbounded (no split: the calling thread does every chunk in order) in an inline run.
 pub fn min_len() -> usize {
-    if INLINE.with(|i| i.get()) {
+    // (Also unbounded in a team run: there rayon iterators the kernel has not moved to
+    // for_each_task run in order on the calling thread rather than in rayon's global pool.)
+    if INLINE.with(|i| i.get()) || TEAM.with(|t| t.get()) > 0 {
         usize::MAX
     } else {
         1

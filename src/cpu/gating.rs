@@ -2,9 +2,9 @@
 
 use std::mem::MaybeUninit;
 
-use rayon::prelude::*;
 
-use crate::threads::min_len;
+
+use crate::threads::{for_each_task, DisjointChunks};
 
 use crate::cpu::scores::{score_row, ScoreMath};
 use crate::cpu::select::{mask_groups, top_k};
@@ -122,17 +122,20 @@ where
     if num_tokens == 0 {
         return Ok(Gate { expert_ids, picked_scores, probs });
     }
-    let outcomes: Vec<RowsOutcome> = probs.spare_capacity_mut()[..num_tokens * e_count]
-        .par_chunks_mut(TOKENS_PER_TASK * e_count).with_min_len(min_len())
-        .zip(expert_ids.par_chunks_mut(TOKENS_PER_TASK * k))
-        .zip(picked_scores.par_chunks_mut(TOKENS_PER_TASK * k))
-        .enumerate()
-        .map(|(task, ((probs, ids), picked))| {
-            let first_token = task * TOKENS_PER_TASK;
-            let rows = Rows { logits, first_token, probs, ids, picked };
-            dispatch(GateTask { rows, spec, e_count })
-        })
-        .collect();
+    let num_tasks = num_tokens.div_ceil(TOKENS_PER_TASK);
+    let mut outcomes: Vec<RowsOutcome> = vec![Ok(()); num_tasks];
+    {
+        let probs = DisjointChunks::new(&mut probs.spare_capacity_mut()[..num_tokens * e_count], TOKENS_PER_TASK * e_count);
+        let ids = DisjointChunks::new(&mut expert_ids, TOKENS_PER_TASK * k);
+        let picked = DisjointChunks::new(&mut picked_scores, TOKENS_PER_TASK * k);
+        let outcome = DisjointChunks::new(&mut outcomes, 1);
+        for_each_task(num_tasks, |task| {
+            // SAFETY: for_each_task runs each task index once, so each chunk is taken once.
+            let (probs, ids, picked, outcome) = unsafe { (probs.take(task), ids.take(task), picked.take(task), outcome.take(task)) };
+            let rows = Rows { logits, first_token: task * TOKENS_PER_TASK, probs, ids, picked };
+            outcome[0] = dispatch(GateTask { rows, spec, e_count });
+        });
+    }
     if let Some(&Err((token, problem))) = outcomes.iter().find(|o| o.is_err()) {
         return Err(Error::Logits { arg: "logits", problem, token });
     }

@@ -5,7 +5,7 @@ use pyo3::prelude::*;
 use pyo3::types::PyDict;
 
 use super::arrays::{dtype, expect_shape, from_vec, input, output_slice, slice, with_activation, output, Stored};
-use super::errors::run_kernel;
+use super::errors::{run_kernel, run_task_kernel};
 use crate::cpu;
 use crate::cpu::route_backward::WeightsGraph;
 use crate::dtype::Accum;
@@ -106,7 +106,7 @@ fn route<'py>(
         let logits = input::<<A as Stored>::Storage>(logits, "logits")?;
         let (t, e) = logits_shape(logits.shape())?;
         let values = A::view(slice(&logits, "logits")?);
-        let plan = run_kernel(py, t * e, || cpu::route::route(values, t, e, &options))?;
+        let plan = run_task_kernel(py, t * e, || cpu::route::route(values, t, e, &options))?;
         plan_dict(py, plan)
     })
 }

@@ -74,3 +74,42 @@ def test_bit_identical_across_thread_counts(restore_threads, dtype):
     for a, b in zip(*results):
         assert a.dtype == b.dtype and a.shape == b.shape
         assert a.tobytes() == b.tobytes()
+
+
+# With PyTorch loaded, the task kernels (gating, permute, combine and their backward passes) run on
+# its OpenMP team; MOEROUTE_NO_OPENMP=1 keeps them in moeroute's rayon pool. Same bits either way.
+_OPENMP_SCRIPT = r"""
+import hashlib, sys
+import numpy as np
+import torch  # loads the OpenMP runtime (libgomp)
+import moeroute
+moeroute.set_num_threads(int(sys.argv[1]))
+rng = np.random.default_rng(5)
+T, E, k, H = 4096, 16, 2, 256
+logits = torch.from_numpy(rng.standard_normal((T, E)).astype(np.float32))
+x = torch.from_numpy(rng.standard_normal((T, H)).astype(np.float32))
+digest = hashlib.sha256()
+for options in ({}, {"capacity_factor": 1.0}):
+    plan = moeroute.route(logits, k, **options)
+    xp = moeroute.permute(x, plan)
+    y = moeroute.combine(xp * 0.5, plan)
+    grad_yp, grad_w = moeroute.combine_backward(y, xp, plan)
+    grad_x = moeroute.permute_backward(grad_yp, plan)
+    for t in (plan.weights, plan.probs, plan.expert_ids, plan.dest, plan.src, xp, y, grad_yp, grad_w, grad_x):
+        digest.update(t.numpy().tobytes())
+print(moeroute._core.uses_openmp_team(), digest.hexdigest())
+"""
+
+
+@pytest.mark.parametrize("threads", [1, 2, 3])
+def test_openmp_team_and_rayon_pool_give_the_same_bits(threads):
+    pytest.importorskip("torch")
+    digests = []
+    for disabled in ("0", "1"):
+        env = dict(os.environ, MOEROUTE_NO_OPENMP=disabled)
+        out = subprocess.run([sys.executable, "-c", _OPENMP_SCRIPT, str(threads)], env=env,
+                             capture_output=True, text=True, check=True)
+        team, digest = out.stdout.split()
+        assert team == ("True" if disabled == "0" else "False")
+        digests.append(digest)
+    assert digests[0] == digests[1]

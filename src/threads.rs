@@ -2,6 +2,7 @@
 //! CPU count. Kernels split work into fixed-size chunks, so results never depend on the thread count.
 
 use std::cell::Cell;
+use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Arc, RwLock};
 
 use crate::error::{Error, Result};
@@ -40,6 +41,23 @@ fn pool() -> Result<Arc<rayon::ThreadPool>> {
     Ok(slot.as_ref().expect("pool was just set").clone())
 }
 
+/// The process moeroute was loaded in (0 until `claim_process`). A child forked from it has none
+/// of its threads (rayon's workers are gone, an OpenMP team is left in an undefined state), so
+/// there kernels run on the calling thread instead of waiting forever for workers.
+static OWNER_PROCESS: AtomicU32 = AtomicU32::new(0);
+
+/// Records the current process as the one whose threads kernels may use (called when the Python
+/// module loads).
+pub fn claim_process() {
+    OWNER_PROCESS.store(std::process::id(), Ordering::Relaxed);
+}
+
+/// Whether kernels may use worker threads here: not in a child forked after `claim_process`.
+fn threads_usable() -> bool {
+    let owner = OWNER_PROCESS.load(Ordering::Relaxed);
+    owner == 0 || owner == std::process::id()
+}
+
 /// Elements of work at or below which a kernel runs on the calling thread: waking the pool's
 /// sleeping threads costs more than such a kernel (tens of microseconds).
 pub const INLINE_WORK: usize = 1 << 15;
@@ -57,10 +75,11 @@ impl Drop for InlineGuard {
     }
 }
 
-/// Runs `f` inside moeroute's thread pool or, for `work` <= INLINE_WORK elements, on the calling
-/// thread alone. Kernels split work in fixed chunks either way, so the results are the same.
+/// Runs `f` inside moeroute's thread pool or, for `work` <= INLINE_WORK elements (and in a forked
+/// child), on the calling thread alone. Kernels split work in fixed chunks either way, so the
+/// results are the same.
 pub fn install<R: Send>(work: usize, f: impl FnOnce() -> R + Send) -> Result<R> {
-    if work <= INLINE_WORK {
+    if work <= INLINE_WORK || !threads_usable() {
         INLINE.with(|i| i.set(true));
         let _guard = InlineGuard;
         return Ok(f());
@@ -85,7 +104,7 @@ impl Drop for TeamGuard {
 /// when the process has an OpenMP runtime (PyTorch's), `f` runs on the calling thread and its
 /// tasks on the OpenMP team, with moeroute's thread count. The results are the same either way.
 pub fn install_tasks<R: Send>(work: usize, f: impl FnOnce() -> R + Send) -> Result<R> {
-    if work > INLINE_WORK && crate::openmp::available() {
+    if work > INLINE_WORK && threads_usable() && crate::openmp::available() {
         let threads = num_threads()?;
         TEAM.with(|t| t.set(threads));
         let _guard = TeamGuard;

@@ -113,3 +113,39 @@ def test_openmp_team_and_rayon_pool_give_the_same_bits(threads):
         assert team == ("True" if disabled == "0" else "False")
         digests.append(digest)
     assert digests[0] == digests[1]
+
+
+# A child forked after moeroute's threads started has none of them: kernels there run on the
+# calling thread (same bits) instead of waiting forever for workers that do not exist.
+_FORK_SCRIPT = r"""
+import os, sys
+import numpy as np
+import moeroute
+if sys.argv[1] == "torch":
+    import torch  # its OpenMP team
+rng = np.random.default_rng(3)
+logits = rng.standard_normal((4096, 16)).astype(np.float32)
+x = rng.standard_normal((4096, 256)).astype(np.float32)
+def run():
+    plan = moeroute.route(logits, 2)
+    xp = moeroute.permute(x, plan)
+    return moeroute.combine(xp, plan), moeroute.combine_backward(x, xp, plan)[0]
+parent = run()  # starts the pool / uses the OpenMP team
+pid = os.fork()
+if pid == 0:
+    child = run()
+    same = all(np.array_equal(a, b) for a, b in zip(parent, child))
+    os._exit(0 if same else 3)
+_, status = os.waitpid(pid, 0)
+print(os.waitstatus_to_exitcode(status))
+"""
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="needs os.fork")
+@pytest.mark.parametrize("mode", ["numpy", "torch"])
+def test_kernels_in_a_forked_child_do_not_hang(mode):
+    if mode == "torch":
+        pytest.importorskip("torch")
+    out = subprocess.run([sys.executable, "-c", _FORK_SCRIPT, mode], capture_output=True,
+                         text=True, check=True, timeout=120)
+    assert out.stdout.strip() == "0"

@@ -4,7 +4,7 @@
 use crate::threads::for_each_chunk_mut;
 
 use crate::cpu::simd::{dispatch, Body};
-use crate::cpu::stream::{copy_row, fence, prefetch_rows, worth_streaming};
+use crate::cpu::stream::{fence, prefetch_rows, worth_streaming, write_row};
 use crate::dtype::{Accum, Activation};
 use crate::cpu::indices::check_dest;
 use crate::error::Result;
@@ -67,7 +67,6 @@ impl<A: Activation> Body for CombineTask<'_, A> {
             if let Some(next) = dest.get((i + PREFETCH_TOKENS) * slots..(i + PREFETCH_TOKENS + 1) * slots) {
                 prefetch_rows(rows, hidden, next);
             }
-            let y_row: &mut [A] = if streaming { &mut staged } else { &mut *y_out };
             let token_slot = first_slot + i * slots;
             let weight = |s: usize| weights.map_or(<A::Acc as Accum>::ONE, |w| w[token_slot + s]);
             let row = |d: i32| &rows[d as usize * hidden..(d as usize + 1) * hidden];
@@ -75,13 +74,17 @@ impl<A: Activation> Body for CombineTask<'_, A> {
             // Sum from zero in slot order (0 + w·v keeps the contract's sign of zero); the last
             // kept slot writes the output directly.
             let zero = <A::Acc as Accum>::ZERO;
-            if let Some((s0, &d0)) = kept.next() {
+            write_row(y_out, &mut staged, streaming, |y_row| {
+                let Some((s0, &d0)) = kept.next() else {
+                    y_row.fill(A::ZERO);
+                    return;
+                };
                 let w0 = weight(s0);
                 if kept.peek().is_none() {
                     y_row.iter_mut().zip(row(d0)).for_each(|(o, &v)| *o = A::from_acc(zero + w0 * v.to_acc()));
-                } else {
-                    acc.iter_mut().zip(row(d0)).for_each(|(a, &v)| *a = zero + w0 * v.to_acc());
+                    return;
                 }
+                acc.iter_mut().zip(row(d0)).for_each(|(a, &v)| *a = zero + w0 * v.to_acc());
                 while let Some((s, &d)) = kept.next() {
                     let w = weight(s);
                     if kept.peek().is_some() {
@@ -90,12 +93,7 @@ impl<A: Activation> Body for CombineTask<'_, A> {
                         y_row.iter_mut().zip(acc.iter().zip(row(d))).for_each(|(o, (&a, &v))| *o = A::from_acc(a + w * v.to_acc()));
                     }
                 }
-            } else {
-                y_row.fill(A::ZERO);
-            }
-            if streaming {
-                copy_row(y_out, &staged, true);
-            }
+            });
         }
     }
 }

@@ -1,11 +1,11 @@
 //! Combine's backward pass: grad_yp[dest[t,s]] = w[t,s] · grad_y[t] (padding rows zero) and
 //! grad_w[t,s] = ⟨grad_y[t], yp[dest[t,s]]⟩ (zero where dest < 0).
 
-use crate::threads::for_each_chunk_mut;
+use crate::threads::{for_each_chunk_mut, DisjointChunks};
 
 use crate::cpu::indices::{check_dest, check_one_to_one, check_src};
 use crate::cpu::simd::{dispatch, Body};
-use crate::cpu::stream::{copy_row, fence, prefetch_rows, worth_streaming};
+use crate::cpu::stream::{fence, prefetch_rows, worth_streaming, write_row};
 use crate::dtype::{Accum, Activation};
 use crate::error::Result;
 
@@ -47,25 +47,22 @@ pub fn combine_backward<A: Activation>(
     if slots == 0 {
         return Ok(());
     }
+    if hidden == 0 {
+        grad_w.fill(<A::Acc as Accum>::ZERO); // empty dot products
+        return Ok(());
+    }
     let streaming = worth_streaming(std::mem::size_of_val(grad_yp));
-    let rows = RowsPtr(grad_yp.as_mut_ptr());
+    // Each task writes the rows of its own tokens' kept slots, taken from here by row index;
+    // check_one_to_one proved that no row belongs to two slots.
+    let grad_yp = DisjointChunks::new(grad_yp, hidden);
     for_each_chunk_mut(grad_w, TOKENS_PER_TASK * slots, |task, gw_chunk| {
         let first_token = task * TOKENS_PER_TASK;
         let dest_chunk = &dest[first_token * slots..first_token * slots + gw_chunk.len()];
-        dispatch(TokenGrads { grad_y, yp, hidden, slots, first_token, dest: dest_chunk, weights, streaming, grad_yp: rows, out: gw_chunk });
+        dispatch(TokenGrads { grad_y, yp, hidden, slots, first_token, dest: dest_chunk, weights, streaming, grad_yp: &grad_yp, out: gw_chunk });
         fence(streaming);
     });
     Ok(())
 }
-
-/// grad_yp's first element, shared by every task. Each task writes only the rows of its own
-/// tokens' kept slots, and `check_one_to_one` proved that no row belongs to two slots.
-#[derive(Clone, Copy)]
-struct RowsPtr<A>(*mut A);
-// SAFETY: the pointer is only used to write disjoint rows (see above) of elements that are Send.
-unsafe impl<A: Send> Send for RowsPtr<A> {}
-// SAFETY: as for Send: sharing the pointer lets tasks write disjoint rows, never the same one.
-unsafe impl<A: Send> Sync for RowsPtr<A> {}
 
 /// One task's tokens: grad_w[t,s] = ⟨grad_y[t], yp[d]⟩ and grad_yp[d] = w[t,s] · grad_y[t] for
 /// each kept slot (d = dest[t,s]); grad_w is zero where dest < 0.
@@ -80,7 +77,8 @@ struct TokenGrads<'a, A: Activation> {
     weights: &'a [A::Acc],
     /// Write grad_yp rows with streaming stores (through a row buffer in L1).
     streaming: bool,
-    grad_yp: RowsPtr<A>,
+    /// grad_yp's rows.
+    grad_yp: &'a DisjointChunks<'a, A>,
     out: &'a mut [A::Acc],
 }
 
@@ -104,15 +102,12 @@ impl<A: Activation> Body for TokenGrads<'_, A> {
                 let d = d as usize;
                 *gw = dot(g, &self.yp[d * hidden..(d + 1) * hidden]);
                 let w = self.weights[t * slots + s];
-                // SAFETY: d < num_rows (check_dest), so row d lies inside grad_yp ([num_rows,
-                // hidden], asserted); this (token, slot) is the only writer of row d
-                // (check_one_to_one), and no other reference to grad_yp is alive meanwhile.
-                let row_out = unsafe { std::slice::from_raw_parts_mut(self.grad_yp.0.add(d * hidden), hidden) };
-                let target: &mut [A] = if streaming { &mut staged } else { &mut *row_out };
-                target.iter_mut().zip(g).for_each(|(o, &v)| *o = A::from_acc(w * v.to_acc()));
-                if streaming {
-                    copy_row(row_out, &staged, true);
-                }
+                // SAFETY: this (token, slot) is the only one with row d (check_one_to_one), so
+                // row d is taken once.
+                let row_out = unsafe { self.grad_yp.take(d) };
+                write_row(row_out, &mut staged, streaming, |row| {
+                    row.iter_mut().zip(g).for_each(|(o, &v)| *o = A::from_acc(w * v.to_acc()))
+                });
             }
         }
     }

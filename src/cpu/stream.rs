@@ -30,6 +30,18 @@ pub fn copy_row<A: Copy>(dst: &mut [A], src: &[A], streaming: bool) {
     dst.copy_from_slice(src);
 }
 
+/// Writes one output row through `fill`: straight into `out`, or, when streaming, into `staged`
+/// (a row buffer that stays in L1) and from there to `out` with streaming stores.
+#[inline(always)]
+pub fn write_row<A: Copy>(out: &mut [A], staged: &mut [A], streaming: bool, fill: impl FnOnce(&mut [A])) {
+    if streaming {
+        fill(staged);
+        copy_row(out, staged, true);
+    } else {
+        fill(out);
+    }
+}
+
 /// Orders this thread's streaming stores before anything it does next (a no-op elsewhere).
 #[inline]
 pub fn fence(streaming: bool) {

@@ -19,7 +19,7 @@ fn bench_permute_combine(c: &mut Criterion) {
     group.bench_function("copy_floor", |b| b.iter(|| xp.copy_from_slice(&source)));
     group.bench_function("permute", |b| b.iter(|| permute(&x, tokens, hidden, &plan.src, 0.0, &mut xp).unwrap()));
     group.bench_function("combine", |b| {
-        b.iter(|| combine(&xp, rows, hidden, &plan.dest, k, Some(&plan.weights), &mut y).unwrap())
+        b.iter(|| combine(&[&xp], rows, hidden, &plan.dest, k, Some(&plan.weights), &mut y).unwrap())
     });
     group.finish();
 }

@@ -9,6 +9,8 @@ from hypothesis import strategies as st
 
 import moeroute
 import reference as ref
+from moeroute import _core
+from moeroute._arrays import activation, restore
 from conftest import F32, F64, HALF_DTYPES, activations, assert_sum_close, eps, plan_st
 
 
@@ -50,6 +52,35 @@ def test_permute_backward_finite_differences(plan_logits, data):
     grad_xp = random(data, (plan.num_rows, H), F64)
     fd = finite_difference(lambda x: np.sum(grad_xp * ref.permute(x, plan.src)), x, 1e-3)
     np.testing.assert_allclose(moeroute.permute_backward(grad_xp, plan), fd, rtol=1e-9, atol=1e-9)
+
+
+@given(plan_st(), st.data())
+def test_permute_backward_sums_the_gradients_of_several_uses(plan_logits, data):
+    # The core's permute_backward with extra gradients (the rows used twice): each slot adds its
+    # row of every gradient in the accumulation dtype, then the slots are summed as usual.
+    plan, _ = plan_logits
+    first = data.draw(activations(plan.num_rows))
+    uses = data.draw(st.integers(2, 3))
+    grads = [first] + [data.draw(activations(plan.num_rows, H=first.shape[1], dtype=first.dtype))
+                       for _ in range(uses - 1)]
+    storages = [activation(g, "grad_xp", ndim=2)[0] for g in grads]
+    dtype_name = activation(first, "grad_xp", ndim=2)[1]
+    got = restore(_core.permute_backward(storages[0], dtype_name, plan.dest, *storages[1:]), first.dtype)
+    acc = F64 if first.dtype == F64 else F32
+    summed = sum(g.astype(acc) for g in grads)
+    ones = np.ones(plan.dest.shape)
+    want = ref.permute_backward(summed, plan.dest).astype(first.dtype)
+    abs_sum = ref.combine_abs(sum(np.abs(g.astype(F64)) for g in grads), plan.dest, ones)
+    assert_sum_close(got, want, abs_sum, first.dtype)
+
+
+def test_permute_backward_rejects_gradients_of_another_shape():
+    plan = moeroute.route(np.array([[1.0, 0.0], [0.0, 1.0]], F32), 1)
+    g = np.ones((plan.num_rows, 3), F32)
+    with pytest.raises(moeroute.ShapeError, match="grad_xp"):
+        _core.permute_backward(g, "float32", plan.dest, np.ones((plan.num_rows, 4), F32))
+    with pytest.raises(moeroute.DTypeError, match="grad_xp"):
+        _core.permute_backward(g, "float32", plan.dest, g.astype(F64))
 
 
 # --- combine_backward ------------------------------------------------------------------------------

@@ -155,6 +155,61 @@ def test_torch_compile_fullgraph_matches_eager():
         torch.testing.assert_close(compiled, eager)
 
 
+def test_permute_shared_sums_the_gradients_of_its_uses_in_permute_backward():
+    # One output per use of the permuted rows; the fused backward gives the bits of adding the
+    # uses' gradients first (float32), takes a missing one as zero and passes gradcheck.
+    gen = torch.Generator().manual_seed(12)
+    x = torch.randn(40, 24, generator=gen, requires_grad=True)
+    plan = moeroute.route(torch.randn(40, 8, generator=gen), 3, capacity_factor=0.8, pad_to=4)
+    outs = _ops.permute_shared(x, plan.src, plan.dest, 3)
+    assert len(outs) == 3 and all(o.data_ptr() == outs[0].data_ptr() for o in outs)
+    assert torch.equal(outs[0], moeroute.permute(x.detach(), plan))
+    grads = [torch.randn(plan.num_rows, 24, generator=gen) for _ in outs]
+    (got,) = torch.autograd.grad(sum((o * g).sum() for o, g in zip(outs, grads)), x)
+    assert torch.equal(got, moeroute.permute_backward(grads[0] + grads[1] + grads[2], plan))
+    a, _b = _ops.permute_shared(x, plan.src, plan.dest, 2)
+    (got,) = torch.autograd.grad((a * grads[0]).sum(), x)
+    assert torch.equal(got, moeroute.permute_backward(grads[0], plan))
+    xb = x.detach().to(torch.bfloat16).requires_grad_(True)
+    outs = _ops.permute_shared(xb, plan.src, plan.dest, 2)
+    (got,) = torch.autograd.grad(sum((o * g.to(torch.bfloat16)).sum() for o, g in zip(outs, grads)), xb)
+    want = moeroute.permute_backward(grads[0].bfloat16().float() + grads[1].bfloat16().float(), plan)
+    torch.testing.assert_close(got.float(), want, rtol=2 ** -8, atol=1e-6)
+    x64 = torch.randn(9, 3, dtype=torch.float64, requires_grad=True)
+    plan64 = moeroute.route(torch.randn(9, 4, dtype=torch.float64), 2, capacity=4)
+
+    def uses_twice(x):
+        a, b = _ops.permute_shared(x, plan64.src, plan64.dest, 2)
+        return a.sin() * b
+
+    assert torch.autograd.gradcheck(uses_twice, (x64,))
+
+
+def test_moe_layer_gradients_with_shared_rows_match_a_single_use():
+    # MoE hands its SwiGLU experts one view of the permuted rows per projection: the same
+    # gradients, bit for bit in float32, as one tensor used twice.
+    from moeroute.torch import MoE
+    from moeroute.torch.experts import StackedFFN
+
+    torch.manual_seed(13)
+    layer = MoE(16, 8, 2, ffn_size=24)
+    x = torch.randn(50, 16)
+    results = []
+    for uses in (None, 1):
+        original = StackedFFN.row_uses
+        if uses is not None:
+            StackedFFN.row_uses = lambda self, dtype, device: uses
+        try:
+            xx = x.clone().requires_grad_(True)
+            y = layer(xx)
+            results.append(torch.autograd.grad(y.square().sum(), (xx, *layer.parameters())))
+        finally:
+            StackedFFN.row_uses = original
+    assert layer.experts.row_uses(torch.float32, x.device) == 2
+    for shared, single in zip(*results):
+        assert torch.equal(shared, single)
+
+
 def test_double_backward_raises_a_clear_error():
     x = torch.randn(6, 3, dtype=torch.float64, requires_grad=True)
     plan = moeroute.route(torch.randn(6, 4, dtype=torch.float64), 2)

@@ -5,7 +5,7 @@ use crate::threads::{for_each_chunk_mut, DisjointChunks};
 
 use crate::cpu::indices::{check_dest, check_one_to_one, check_src};
 use crate::cpu::simd::{dispatch, Body};
-use crate::cpu::stream::{fence, prefetch_rows, worth_streaming, write_row};
+use crate::cpu::stream::{fence, flush_row, prefetch_rows, row_target, worth_streaming};
 use crate::dtype::{Accum, Activation};
 use crate::error::Result;
 
@@ -105,9 +105,11 @@ impl<A: Activation> Body for TokenGrads<'_, A> {
                 // SAFETY: this (token, slot) is the only one with row d (check_one_to_one), so
                 // row d is taken once.
                 let row_out = unsafe { self.grad_yp.take(d) };
-                write_row(row_out, &mut staged, streaming, |row| {
-                    row.iter_mut().zip(g).for_each(|(o, &v)| *o = A::from_acc(w * v.to_acc()))
-                });
+                let row = row_target(row_out, &mut staged, streaming);
+                for (o, &v) in row.iter_mut().zip(g) {
+                    *o = A::from_acc(w * v.to_acc());
+                }
+                flush_row(row_out, &staged, streaming);
             }
         }
     }

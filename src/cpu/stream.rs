@@ -30,15 +30,23 @@ pub fn copy_row<A: Copy>(dst: &mut [A], src: &[A], streaming: bool) {
     dst.copy_from_slice(src);
 }
 
-/// Writes one output row through `fill`: straight into `out`, or, when streaming, into `staged`
-/// (a row buffer that stays in L1) and from there to `out` with streaming stores.
+/// Where to write an output row: `out` itself, or when streaming, `staged` (a row buffer that
+/// stays in L1) which `flush_row` then copies to `out` with streaming stores. (A plain function,
+/// not a callback: a closure body may be compiled without the caller's AVX2.)
 #[inline(always)]
-pub fn write_row<A: Copy>(out: &mut [A], staged: &mut [A], streaming: bool, fill: impl FnOnce(&mut [A])) {
+pub fn row_target<'a, A>(out: &'a mut [A], staged: &'a mut [A], streaming: bool) -> &'a mut [A] {
     if streaming {
-        fill(staged);
-        copy_row(out, staged, true);
+        staged
     } else {
-        fill(out);
+        out
+    }
+}
+
+/// Completes a row written to `row_target`: streams `staged` to `out` when streaming.
+#[inline(always)]
+pub fn flush_row<A: Copy>(out: &mut [A], staged: &[A], streaming: bool) {
+    if streaming {
+        copy_row(out, staged, true);
     }
 }
 

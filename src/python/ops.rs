@@ -27,32 +27,36 @@ fn permute<'py>(py: Python<'py>, x: &Bound<'py, PyAny>, dtype_name: &str, src: &
     })
 }
 
-/// Shared by combine and permute_backward: y[t] = Σ_s w[t,s] · rows[dest[t,s]].
+/// Shared by combine and permute_backward: y[t] = Σ_s w[t,s] · Σ_j sources[j][dest[t,s]].
 fn gather_sum<'py>(
     py: Python<'py>,
-    rows: &Bound<'py, PyAny>,
+    sources: &[Bound<'py, PyAny>],
     rows_arg: &'static str,
     dtype_name: &str,
     dest: &Bound<'py, PyAny>,
     weights: Option<&Bound<'py, PyAny>>,
 ) -> PyResult<Bound<'py, PyAny>> {
     with_activation!(dtype(dtype_name, rows_arg)?, A => {
-        let rows = input::<<A as Stored>::Storage>(rows, rows_arg)?;
+        let arrays = sources.iter().map(|s| input::<<A as Stored>::Storage>(s, rows_arg)).collect::<PyResult<Vec<_>>>()?;
         let dest = input::<i32>(dest, "plan.dest")?;
-        expect_shape(rows_arg, rows.shape(), &[None, None])?;
+        expect_shape(rows_arg, arrays[0].shape(), &[None, None])?;
         expect_shape("plan.dest", dest.shape(), &[None, None])?;
-        let (r, h) = (rows.shape()[0], rows.shape()[1]);
+        let (r, h) = (arrays[0].shape()[0], arrays[0].shape()[1]);
+        for a in &arrays[1..] {
+            expect_shape(rows_arg, a.shape(), &[Some(r), Some(h)])?;
+        }
         let (t, s) = (dest.shape()[0], dest.shape()[1]);
         let weights = weights.map(|w| input::<<A as Activation>::Acc>(w, "weights")).transpose()?;
         if let Some(w) = &weights {
             expect_shape("weights", w.shape(), &[Some(t), Some(s)])?;
         }
         let weights = weights.as_ref().map(|w| slice(w, "weights")).transpose()?;
-        let (rows, dest) = (A::view(slice(&rows, rows_arg)?), slice(&dest, "plan.dest")?);
+        let rows = arrays.iter().map(|a| slice(a, rows_arg).map(A::view)).collect::<PyResult<Vec<_>>>()?;
+        let dest = slice(&dest, "plan.dest")?;
         let out = output::<<A as Stored>::Storage>(py, &[t, h])?;
         let mut guard = out.readwrite();
         let y = A::view_mut(output_slice(&mut guard)?);
-        run_task_kernel(py, (r + t) * h, || cpu::combine::combine(rows, r, h, dest, s, weights, y))?;
+        run_task_kernel(py, (rows.len() * r + t) * h, || cpu::combine::combine(&rows, r, h, dest, s, weights, y))?;
         drop(guard);
         Ok(out.into_any())
     })
@@ -67,18 +71,24 @@ fn combine<'py>(
     dest: &Bound<'py, PyAny>,
     weights: &Bound<'py, PyAny>,
 ) -> PyResult<Bound<'py, PyAny>> {
-    gather_sum(py, yp, "yp", dtype_name, dest, Some(weights))
+    gather_sum(py, std::slice::from_ref(yp), "yp", dtype_name, dest, Some(weights))
 }
 
-/// permute_backward(grad_xp, dtype, dest) -> grad_x.
+/// permute_backward(grad_xp, dtype, dest, *more_grad_xp) -> grad_x. Extra arrays (each shaped
+/// like grad_xp) are gradients of other uses of the same permuted rows, summed with it.
 #[pyfunction]
+#[pyo3(signature = (grad_xp, dtype_name, dest, *more_grad_xp))]
 fn permute_backward<'py>(
     py: Python<'py>,
     grad_xp: &Bound<'py, PyAny>,
     dtype_name: &str,
     dest: &Bound<'py, PyAny>,
+    more_grad_xp: Vec<Bound<'py, PyAny>>,
 ) -> PyResult<Bound<'py, PyAny>> {
-    gather_sum(py, grad_xp, "grad_xp", dtype_name, dest, None)
+    let mut sources = Vec::with_capacity(1 + more_grad_xp.len());
+    sources.push(grad_xp.clone());
+    sources.extend(more_grad_xp);
+    gather_sum(py, &sources, "grad_xp", dtype_name, dest, None)
 }
 
 /// combine_backward(grad_y, yp, dtype, dest, src, weights) -> (grad_yp, grad_weights).

@@ -258,6 +258,40 @@ def _permute_backward(ctx, grad_xp):
 _register_autograd(permute, permute_impl, _permute_backward, _permute_setup)
 
 
+def permute_shared(x: Tensor, src: Tensor, dest: Tensor, uses: int) -> Tuple[Tensor, ...]:
+    """`uses` tensors holding permute(x): the permuted rows and views of them, one per use (e.g.
+    an expert's gate and up projections). Their gradients reach permute's backward separately,
+    and its kernel sums them while it gathers, instead of autograd first adding the [R, H]
+    gradients in a pass of its own. Under torch.compile, on CUDA, or without autograd, the same
+    tensor is returned `uses` times."""
+    if uses > 1 and not torch.compiler.is_compiling() and not x.is_cuda and x.requires_grad and torch.is_grad_enabled():
+        return _PermuteShared.apply(x, src, dest, uses)
+    return (call(permute, permute_impl, x, src, dest),) * uses
+
+
+class _PermuteShared(torch.autograd.Function):
+    """permute with one output per use of the rows (the first, and views of it)."""
+
+    @staticmethod
+    def forward(ctx, x, src, dest, uses):
+        xp = permute_impl(x, src, dest)
+        ctx.save_for_backward(dest)
+        return (xp, *(xp.view_as(xp) for _ in range(uses - 1)))
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, *grads):
+        (dest,) = ctx.saved_tensors
+        given = [g for g in grads if g is not None]
+        if not given:
+            return None, None, None, None
+        storages = [to_storage(g, "grad_xp", 2) for g in given]
+        dtype_name = storages[0][1]
+        grad_x = _core.permute_backward(storages[0][0], dtype_name, index_array(dest, "plan.dest"),
+                                        *(storage for storage, _ in storages[1:]))
+        return from_storage(grad_x, dtype_name), None, None, None
+
+
 # -------------------------------------------------------------------------------- combine
 
 def _weights_array(weights: Tensor, yp: Tensor) -> np.ndarray:

@@ -102,10 +102,20 @@ class StackedFFN(nn.Module):
         self.w_up = param(num_experts, hidden_size, ffn_size, fan_in=hidden_size)
         self.w_down = param(num_experts, ffn_size, hidden_size, fan_in=ffn_size)
 
-    def forward(self, xp: torch.Tensor, expert_offsets: torch.Tensor) -> torch.Tensor:
+    def row_uses(self, dtype: torch.dtype, device: torch.device) -> int:
+        """How many matmuls read the permuted rows directly (gate and up: 2 for SwiGLU in a
+        native matmul dtype): MoE hands `forward` one tensor per use (see up_rows)."""
+        return 2 if self.activation == "swiglu" and matmul_dtype(dtype, device) == dtype else 1
+
+    def forward(self, xp: torch.Tensor, expert_offsets: torch.Tensor,
+                up_rows: Optional[torch.Tensor] = None) -> torch.Tensor:
+        """yp from the permuted rows xp. up_rows: the same values as xp in a tensor of its own, for
+        the up projection (MoE passes a view of xp here, whose gradient its permute backward sums
+        with xp's while gathering)."""
         compute = matmul_dtype(xp.dtype, xp.device)  # (.to of the same dtype copies nothing)
         rows = xp.to(compute)
-        up = grouped_matmul(rows, self.w_up.to(compute), expert_offsets)
+        up_in = up_rows if up_rows is not None and compute == xp.dtype else rows
+        up = grouped_matmul(up_in, self.w_up.to(compute), expert_offsets)
         if self.activation == "swiglu":
             hidden = F.silu(grouped_matmul(rows, self.w_gate.to(compute), expert_offsets)) * up
         else:

@@ -15,7 +15,7 @@ from .. import losses as _losses
 from ..errors import ArgumentError
 from ..ops import expert_choice, route
 from .experts import ModuleExperts, StackedFFN, matmul_dtype
-from ._ops import combine as _combine_op, permute as _permute_op
+from ._ops import combine as _combine_op, permute_shared
 
 
 @dataclass
@@ -141,8 +141,10 @@ class MoE(nn.Module):
         tokens = x.reshape(-1, self.hidden_size)
         logits, clean, noise_std = self.router_logits(tokens)
         plan = self.plan(logits)
-        xp = _permute_op(tokens, plan.src, plan.dest)
-        yp = self.experts(xp, plan.expert_offsets)
+        row_uses = getattr(self.experts, "row_uses", None)
+        uses = row_uses(tokens.dtype, tokens.device) if row_uses is not None else 1
+        xp, *more_uses = permute_shared(tokens, plan.src, plan.dest, uses)
+        yp = self.experts(xp, plan.expert_offsets, *more_uses)
         y = _combine_op(yp, plan.dest, plan.src, plan.weights)
         self._record(plan, clean, logits, noise_std)
         return y.reshape(shape)

@@ -76,7 +76,7 @@ def test_bit_identical_across_thread_counts(restore_threads, dtype):
         assert a.tobytes() == b.tobytes()
 
 
-# With PyTorch loaded, the task kernels (gating, permute, combine and their backward passes) run on
+# With PyTorch loaded, the task kernels (gating, permute, combine and the backward passes) run on
 # its OpenMP team; MOEROUTE_NO_OPENMP=1 keeps them in moeroute's rayon pool. Same bits either way.
 _OPENMP_SCRIPT = r"""
 import hashlib, sys
@@ -95,7 +95,11 @@ for options in ({}, {"capacity_factor": 1.0}):
     y = moeroute.combine(xp * 0.5, plan)
     grad_yp, grad_w = moeroute.combine_backward(y, xp, plan)
     grad_x = moeroute.permute_backward(grad_yp, plan)
-    for t in (plan.weights, plan.probs, plan.expert_ids, plan.dest, plan.src, xp, y, grad_yp, grad_w, grad_x):
+    twice = torch.from_numpy(moeroute._core.permute_backward(grad_yp.numpy(), "float32", plan.dest.numpy(),
+                                                             xp.numpy()))
+    grad_logits = moeroute.route_backward(grad_w, plan, logits)
+    for t in (plan.weights, plan.probs, plan.expert_ids, plan.dest, plan.src, xp, y, grad_yp, grad_w, grad_x,
+              twice, grad_logits):
         digest.update(t.numpy().tobytes())
 print(moeroute._core.uses_openmp_team(), digest.hexdigest())
 """

@@ -1,11 +1,10 @@
 //! Routing's backward pass: the gradient of the plan's weights w.r.t. the logits, through the
 //! normalization (none / topk / kept, times scale) and the score function (softmax / sigmoid).
 
-use rayon::prelude::*;
-
-use crate::threads::min_len;
+use crate::threads::for_each_chunk_mut;
 
 use crate::cpu::indices::check_expert_ids;
+use crate::cpu::simd::{dispatch, Body};
 use crate::dtype::Accum;
 use crate::error::Result;
 use crate::routing::{Normalize, ScoreFunction};
@@ -42,10 +41,31 @@ pub fn route_backward<F: Accum>(
     }
     check_expert_ids(g.expert_ids, s_count, e_count)?;
     let scale = F::from_f64(g.scale);
-    grad_logits.par_chunks_mut(TOKENS_PER_TASK * e_count).with_min_len(min_len()).enumerate().for_each(|(task, out)| {
+    for_each_chunk_mut(grad_logits, TOKENS_PER_TASK * e_count, |task, out| {
+        dispatch(BackwardTask { g, grad_w, grad_probs, scale, first_token: task * TOKENS_PER_TASK, out });
+    });
+    Ok(())
+}
+
+/// One task of route_backward: a chunk of tokens and their rows of grad_logits.
+struct BackwardTask<'a, F> {
+    g: &'a WeightsGraph<'a, F>,
+    grad_w: &'a [F],
+    grad_probs: Option<&'a [F]>,
+    scale: F,
+    first_token: usize,
+    out: &'a mut [F],
+}
+
+impl<F: Accum> Body for BackwardTask<'_, F> {
+    type Output = ();
+    #[inline(always)]
+    fn run(self) {
+        let BackwardTask { g, grad_w, grad_probs, scale, first_token, out } = self;
+        let (e_count, s_count) = (g.num_experts, g.slots);
         let mut grad_p = vec![F::ZERO; e_count];
         for (i, out_row) in out.chunks_exact_mut(e_count).enumerate() {
-            let t = task * TOKENS_PER_TASK + i;
+            let t = first_token + i;
             let p = &g.probs[t * e_count..(t + 1) * e_count];
             let slots = t * s_count..(t + 1) * s_count;
             let (ids, dest, gw) = (&g.expert_ids[slots.clone()], &g.dest[slots.clone()], &grad_w[slots]);
@@ -56,8 +76,10 @@ pub fn route_backward<F: Accum>(
             };
             let kept = |s: usize| ids[s] >= 0 && dest[s] >= 0;
             let mut z = F::ZERO;
-            for s in (0..s_count).filter(|&s| in_denominator(s)) {
-                z += p[ids[s] as usize];
+            for s in 0..s_count {
+                if in_denominator(s) {
+                    z += p[ids[s] as usize];
+                }
             }
             let normalized = g.normalize != Normalize::None && z != F::ZERO;
             let z = if normalized { z } else { F::ONE };
@@ -68,14 +90,18 @@ pub fn route_backward<F: Accum>(
                 None => grad_p.fill(F::ZERO),
             }
             let mut weighted = F::ZERO;
-            for s in (0..s_count).filter(|&s| kept(s)) {
-                grad_p[ids[s] as usize] += scale * gw[s] / z;
-                weighted += gw[s] * p[ids[s] as usize];
+            for s in 0..s_count {
+                if kept(s) {
+                    grad_p[ids[s] as usize] += scale * gw[s] / z;
+                    weighted += gw[s] * p[ids[s] as usize];
+                }
             }
             if normalized {
                 let shared = scale * weighted / (z * z);
-                for s in (0..s_count).filter(|&s| in_denominator(s)) {
-                    grad_p[ids[s] as usize] -= shared;
+                for s in 0..s_count {
+                    if in_denominator(s) {
+                        grad_p[ids[s] as usize] -= shared;
+                    }
                 }
             }
             match g.score {
@@ -95,8 +121,7 @@ pub fn route_backward<F: Accum>(
                 }
             }
         }
-    });
-    Ok(())
+    }
 }
 
 #[cfg(test)]

@@ -171,7 +171,7 @@ fn route_backward_typed<'py, F: Accum + Element>(
     let out = output::<F>(py, &[t, e])?;
     let mut guard = out.readwrite();
     let grad_logits = output_slice(&mut guard)?;
-    run_kernel(py, graph.num_tokens * graph.num_experts, || cpu::route_backward::route_backward(&graph, grad_w, grad_probs, grad_logits))?;
+    run_task_kernel(py, graph.num_tokens * graph.num_experts, || cpu::route_backward::route_backward(&graph, grad_w, grad_probs, grad_logits))?;
     drop(guard);
     Ok(out.into_any())
 }

@@ -463,8 +463,8 @@ mod tests {
     #[test]
     fn workspace_regions_are_disjoint_and_aligned() {
         let ws = route_workspace(DType::F32, 1000, 512, 16, Some(8));
-        let mut starts = vec![ws.row_scratch.unwrap(), ws.group_scratch.unwrap(), ws.counts, ws.totals, ws.seg_start, ws.done,
-                              ws.flags, ws.order];
+        let mut starts = [ws.row_scratch.unwrap(), ws.group_scratch.unwrap(), ws.counts, ws.totals, ws.seg_start, ws.done,
+                          ws.flags, ws.order];
         starts.sort();
         assert!(starts.windows(2).all(|w| w[0] < w[1]) && starts.iter().all(|s| s % 256 == 0));
         assert!(ws.bytes >= ws.order + 1000 * 16 * 4);

@@ -76,8 +76,9 @@ def test_bit_identical_across_thread_counts(restore_threads, dtype):
         assert a.tobytes() == b.tobytes()
 
 
-# With PyTorch loaded, the task kernels (gating, permute, combine and the backward passes) run on
-# its OpenMP team; MOEROUTE_NO_OPENMP=1 keeps them in moeroute's rayon pool. Same bits either way.
+# With PyTorch loaded, the task kernels (gating, expert choice, permute, combine and the backward
+# passes) run on its OpenMP team; MOEROUTE_NO_OPENMP=1 keeps them in moeroute's rayon pool. Same
+# bits either way.
 _OPENMP_SCRIPT = r"""
 import hashlib, sys
 import numpy as np
@@ -101,6 +102,9 @@ for options in ({}, {"capacity_factor": 1.0}):
     for t in (plan.weights, plan.probs, plan.expert_ids, plan.dest, plan.src, xp, y, grad_yp, grad_w, grad_x,
               twice, grad_logits):
         digest.update(t.numpy().tobytes())
+chosen = moeroute.expert_choice(logits, capacity_factor=1.0)
+for t in (chosen.weights, chosen.probs, chosen.expert_ids, chosen.dest, chosen.src):
+    digest.update(t.numpy().tobytes())
 print(moeroute._core.uses_openmp_team(), digest.hexdigest())
 """
 

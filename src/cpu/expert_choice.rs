@@ -1,8 +1,6 @@
 //! Expert-choice routing (Zhou et al. 2022): each expert takes its C highest-probability tokens.
 
-use rayon::prelude::*;
-
-use crate::threads::min_len;
+use crate::threads::{for_each_chunk_mut, for_each_task, DisjointChunks};
 
 use crate::cpu::scores::{score_row, ScoreMath};
 use crate::cpu::simd::{dispatch, Body};
@@ -39,24 +37,17 @@ where
     let rows = num_rows(Layout::Capacity(c), t_count, e_count, e_count)?;
     let probs = softmax_rows(logits, t_count, e_count)?;
 
-    // Each expert's chosen tokens, ascending. Probabilities are >= 0, so their f32/f64 bits order
-    // like the values: a u64/u128 key (prob bits, then the complement of the token) makes "higher
-    // prob, then lower token" a plain integer comparison.
+    // Each expert's chosen tokens, ascending (one task per expert).
     let taken = c.min(t_count);
-    let chosen: Vec<Vec<u32>> = (0..e_count)
-        .into_par_iter().with_min_len(min_len())
-        .map(|e| {
-            let mut keys: Vec<u128> = (0..t_count)
-                .map(|t| ((probs[t * e_count + e].to_f64().to_bits() as u128) << 32) | (u32::MAX - t as u32) as u128)
-                .collect();
-            if taken < t_count {
-                keys.select_nth_unstable_by(taken, |a, b| b.cmp(a));
-            }
-            let mut tokens: Vec<u32> = keys[..taken].iter().map(|&key| u32::MAX - key as u32).collect();
-            tokens.sort_unstable();
-            tokens
-        })
-        .collect();
+    let mut chosen: Vec<Vec<u32>> = vec![Vec::new(); e_count];
+    {
+        let slots = DisjointChunks::new(&mut chosen, 1);
+        for_each_task(e_count, |e| {
+            // SAFETY: for_each_task runs each task index once, so each expert's slot is taken once.
+            let slot = unsafe { slots.take(e) };
+            slot[0] = dispatch(ChooseTokens { probs: &probs, num_experts: e_count, expert: e, taken });
+        });
+    }
 
     let zero = <L::Acc as Accum>::ZERO;
     let mut expert_ids = vec![-1i32; t_count * e_count];
@@ -101,16 +92,53 @@ where
     if probs.is_empty() {
         return Ok(probs);
     }
-    let outcomes: Vec<std::result::Result<(), (usize, &'static str)>> = probs
-        .par_chunks_mut(TOKENS_PER_TASK * num_experts).with_min_len(min_len())
-        .zip(logits.par_chunks(TOKENS_PER_TASK * num_experts))
-        .enumerate()
-        .map(|(task, (p, l))| dispatch(SoftmaxTask { first_token: task * TOKENS_PER_TASK, num_experts, logits: l, probs: p }))
-        .collect();
+    let num_tasks = num_tokens.div_ceil(TOKENS_PER_TASK);
+    let mut outcomes: Vec<std::result::Result<(), (usize, &'static str)>> = vec![Ok(()); num_tasks];
+    {
+        let outcome = DisjointChunks::new(&mut outcomes, 1);
+        let chunk = TOKENS_PER_TASK * num_experts;
+        for_each_chunk_mut(&mut probs, chunk, |task, p| {
+            let l = &logits[task * chunk..task * chunk + p.len()];
+            // SAFETY: for_each_chunk_mut runs each task index once, so each outcome is taken once.
+            let slot = unsafe { outcome.take(task) };
+            slot[0] = dispatch(SoftmaxTask { first_token: task * TOKENS_PER_TASK, num_experts, logits: l, probs: p });
+        });
+    }
     if let Some(&Err((token, problem))) = outcomes.iter().find(|o| o.is_err()) {
         return Err(Error::Logits { arg: "logits", problem, token });
     }
     Ok(probs)
+}
+
+/// One expert's choice: its `taken` best tokens (higher probability, then lower token), ascending.
+struct ChooseTokens<'a, F> {
+    probs: &'a [F],
+    num_experts: usize,
+    expert: usize,
+    taken: usize,
+}
+
+impl<F: Accum> Body for ChooseTokens<'_, F> {
+    type Output = Vec<u32>;
+    #[inline(always)]
+    fn run(self) -> Vec<u32> {
+        let ChooseTokens { probs, num_experts, expert, taken } = self;
+        let t_count = probs.len() / num_experts;
+        // Probabilities are >= 0, so their f64 bits order like the values: a u128 key (prob bits,
+        // then the complement of the token) makes "higher prob, then lower token" a plain integer
+        // comparison.
+        let mut keys: Vec<u128> = Vec::with_capacity(t_count);
+        for t in 0..t_count {
+            let bits = probs[t * num_experts + expert].to_f64().to_bits() as u128;
+            keys.push((bits << 32) | (u32::MAX - t as u32) as u128);
+        }
+        if taken < t_count {
+            keys.select_nth_unstable_by(taken, |a, b| b.cmp(a));
+        }
+        let mut tokens: Vec<u32> = keys[..taken].iter().map(|&key| u32::MAX - key as u32).collect();
+        tokens.sort_unstable();
+        tokens
+    }
 }
 
 /// Softmax of one task's rows; Err holds the first bad token.

@@ -124,7 +124,7 @@ fn expert_choice<'py>(
         let logits = input::<<A as Stored>::Storage>(logits, "logits")?;
         let (t, e) = logits_shape(logits.shape())?;
         let values = A::view(slice(&logits, "logits")?);
-        let plan = run_kernel(py, t * e, || cpu::expert_choice::expert_choice(values, t, e, capacity, capacity_factor))?;
+        let plan = run_task_kernel(py, t * e, || cpu::expert_choice::expert_choice(values, t, e, capacity, capacity_factor))?;
         plan_dict(py, plan)
     })
 }

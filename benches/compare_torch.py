@@ -179,6 +179,55 @@ def reuse_freed_memory() -> str:
     return "reuse (glibc mallopt)" if ok else "system (mallopt unavailable)"
 
 
+# ------------------------------------------------------------------------------ huge pages
+
+THP_ENV = "THP_MEM_ALLOC_ENABLE"
+
+
+def kernel_thp_mode() -> str:
+    """The kernel's transparent-huge-page mode (always / madvise / never), or "unknown"."""
+    try:
+        with open("/sys/kernel/mm/transparent_hugepage/enabled") as fh:
+            text = fh.read()
+    except OSError:
+        return "unknown"
+    start, end = text.find("["), text.find("]")
+    return text[start + 1:end] if 0 <= start < end else "unknown"
+
+
+def huge_page_kib() -> int | None:
+    """KiB of this process's memory on transparent huge pages (Linux), else None."""
+    try:
+        with open("/proc/self/smaps_rollup") as fh:
+            for line in fh:
+                if line.startswith("AnonHugePages:"):
+                    return int(line.split()[1])
+    except OSError:
+        pass
+    return None
+
+
+def apply_torch_hugepages(choice: str) -> None:
+    """--torch-hugepages on: PyTorch's own THP_MEM_ALLOC_ENABLE=1, which makes its CPU allocator
+    align blocks of 2 MiB or more to 2 MiB and madvise them onto transparent huge pages (the
+    kernel's default "madvise" mode gives them only to memory asked for so; NumPy asks for its
+    large arrays by itself). Gathers (moeroute's, and (b)'s index_select / index_copy) read and
+    write rows all over [T*k, H] tensors: on 4 KiB pages that is a TLB miss every couple of rows.
+    The same for every formulation. PyTorch reads the variable once, at its first CPU allocation,
+    which importing torch already made, so a choice that differs from the environment re-runs
+    this script with the variable set or removed."""
+    want = "1" if choice == "on" else None
+    if os.environ.get(THP_ENV) == want:
+        return
+    env = dict(os.environ)
+    if want is None:
+        env.pop(THP_ENV, None)
+    else:
+        env[THP_ENV] = want
+    sys.stdout.flush()
+    os.execve(sys.executable, [sys.executable, *sys.argv], env)
+
+
 # ------------------------------------------------------------------------------------- inputs
 
 def distinct_logits(gen: torch.Generator, tokens: int, experts: int) -> torch.Tensor:
@@ -846,6 +895,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    help="reuse (default): glibc malloc keeps freed memory, so large tensors do "
                         "not page-fault afresh on every call (see reuse_freed_memory); system: "
                         "leave malloc as it is")
+    p.add_argument("--torch-hugepages", choices=("on", "off"), default="on",
+                   help="on (default): PyTorch's THP_MEM_ALLOC_ENABLE=1, large tensors on "
+                        "transparent huge pages (see apply_torch_hugepages); off: 4 KiB pages "
+                        "unless the kernel's THP mode is 'always'")
     p.add_argument("--parts", default="A,B,C", help="which parts to run (default A,B,C)")
     p.add_argument("--small", action="store_true",
                    help="quick preset: ops at T=2048 H=512, layer shapes at T/16")
@@ -899,6 +952,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
+    if argv is None:  # run as a script: the environment can still be set for torch
+        apply_torch_hugepages(args.torch_hugepages)
     if GROUPED_MM is None:
         raise SystemExit(f"torch {torch.__version__} has no grouped_mm")
     allocator = reuse_freed_memory() if args.allocator == "reuse" else "system"
@@ -906,10 +961,13 @@ def main(argv: list[str] | None = None) -> int:
     torch.set_num_threads(threads)
     env = environment(args, threads)
     env["allocator"] = allocator
+    env["torch_hugepages"] = f"{THP_ENV}={os.environ.get(THP_ENV, 'unset')}"
+    env["kernel_thp_mode"] = kernel_thp_mode()
     print(f"threads: {threads} (moeroute and torch), cpu_count: {env['cpu_count']}, "
           f"cpu: {env['cpu']}, {env['platform']}")
     print(f"python {env['python']}, numpy {env['numpy']}, torch {env['torch']}, "
-          f"moeroute {env['moeroute']}, allocator: {allocator}\n")
+          f"moeroute {env['moeroute']}, allocator: {allocator}, torch huge pages: "
+          f"{env['torch_hugepages']} (kernel THP mode: {env['kernel_thp_mode']})\n")
     start = time.perf_counter()
 
     ops = {}
@@ -932,6 +990,7 @@ def main(argv: list[str] | None = None) -> int:
         print_overhead(args, overhead)
 
     env["loadavg_end"] = load_average()
+    env["huge_page_kib_end"] = huge_page_kib()
     targets = target_lines(ops, layers, overhead)
     if targets:
         print("Targets:")
@@ -941,7 +1000,8 @@ def main(argv: list[str] | None = None) -> int:
         print("NUMERICAL DISAGREEMENT:")
         print("\n".join(f"  {line}" for line in bad))
     print(f"total {time.perf_counter() - start:.0f} s; load average (1, 5, 15 min) at start "
-          f"{env['loadavg_start']}, at end {env['loadavg_end']}")
+          f"{env['loadavg_start']}, at end {env['loadavg_end']}; memory on huge pages at the end: "
+          f"{env['huge_page_kib_end']} KiB")
     if args.json:
         with open(args.json, "w") as fh:
             json.dump({"environment": env, "ops": ops, "layers": layers, "overhead": overhead,

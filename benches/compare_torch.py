@@ -30,6 +30,7 @@ import moeroute
 from compare import cpu_model  # benches/compare.py, beside this script
 from moeroute import _core
 from moeroute.torch import MoE
+from moeroute.torch._ops import permute_shared
 from moeroute.torch.experts import matmul_dtype
 
 GROUPED_MM = getattr(F, "grouped_mm", None) or getattr(torch, "_grouped_mm", None)
@@ -623,15 +624,18 @@ def layer_breakdown(inp: LayerInputs, repeat: int) -> dict[str, float]:
         lg = leaf(logits.detach().float())
         plan = timed("route fwd", lambda: moeroute.route(lg, k))
         xl = leaf(inp.x)
-        xp = timed("permute fwd", lambda: moeroute.permute(xl, plan))
-        xpl = leaf(xp)
-        yp = timed("experts fwd", lambda: ffn(xpl, plan.expert_offsets))
+        # As the layer: one view of the permuted rows per matmul that reads them (see
+        # MoE.forward), whose gradients permute's backward sums while gathering.
+        uses = ffn.row_uses(xl.dtype, xl.device)
+        xps = timed("permute fwd", lambda: permute_shared(xl, plan.src, plan.dest, uses))
+        xpl = [leaf(xp) for xp in xps]
+        yp = timed("experts fwd", lambda: ffn(xpl[0], plan.expert_offsets, *xpl[1:]))
         ypl, wl = leaf(yp), leaf(plan.weights)
         y = timed("combine fwd", lambda: moeroute.combine(ypl, plan, wl))
         g_yp, g_w = timed("combine bwd", lambda: torch.autograd.grad(y, (ypl, wl), gy))
-        g_xp = timed("experts bwd", lambda: torch.autograd.grad(
-            yp, (xpl, ffn.w_gate, ffn.w_up, ffn.w_down), g_yp)[0])
-        timed("permute bwd", lambda: torch.autograd.grad(xp, xl, g_xp))
+        g_xps = timed("experts bwd", lambda: torch.autograd.grad(
+            yp, (*xpl, ffn.w_gate, ffn.w_up, ffn.w_down), g_yp)[:uses])
+        timed("permute bwd", lambda: torch.autograd.grad(xps, xl, g_xps))
         g_logits = timed("route bwd", lambda: torch.autograd.grad(plan.weights, lg, g_w)[0])
         timed("router linear bwd", lambda: torch.autograd.grad(
             logits, (x, layer.router.weight), g_logits.to(logits.dtype)))

@@ -244,6 +244,15 @@ def test_torch_errors_name_the_argument():
         moeroute.permute(torch.zeros(5, 2), plan)
     with pytest.raises(moeroute.LogitsError, match="logits"):
         moeroute.route(torch.full((2, 3), float("nan")), 1)
+    with pytest.raises(moeroute.DTypeError, match="bias"):
+        moeroute.route(torch.zeros(4, 3), 1, bias=torch.zeros(3, dtype=torch.int64))
+    with pytest.raises(moeroute.ShapeError, match="bias"):
+        moeroute.route(torch.zeros(4, 3), 1, bias=torch.zeros(4))
+    with pytest.raises(moeroute.ArgumentError, match="bias"):
+        moeroute.route(torch.zeros(4, 3), 1, bias=torch.tensor([0.0, float("inf"), 0.0]))
+    for logits in (torch.zeros(4, 3), np.zeros((4, 3), np.float32)):  # a tensor bias, torch or NumPy logits
+        plan = moeroute.route(logits, 1, bias=torch.tensor([0.0, 1.0, 0.0]))
+        assert np.asarray(plan.expert_ids).ravel().tolist() == [1, 1, 1, 1]
 
 
 def test_python_plan_layout_matches_the_core():

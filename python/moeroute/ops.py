@@ -118,11 +118,14 @@ def _check_route_options(k, num_experts, score, normalize, scale, bias, num_grou
     k = integer(k, "k")
     if not 1 <= k <= max(num_experts, 1):
         raise ArgumentError(f"k: got {k}, expected an integer in [1, {num_experts}] (the number of experts)")
-    if bias is not None and _is_torch(bias) and bias.is_cuda:
-        # A device bias stays on the device (no host round trip); its values are not checked.
-        if bias.dim() != 1 or bias.shape[0] != num_experts or not bias.dtype.is_floating_point:
-            raise ShapeError(f"bias: got shape {list(bias.shape)} ({bias.dtype}), expected [{num_experts}] floats "
-                             "(one per expert)")
+    if bias is not None and _is_torch(bias):
+        # A tensor bias stays a tensor (no host round trip for a device bias, and nothing that
+        # torch.compile cannot trace): its values are checked by the kernel (the CPU core rejects
+        # non-finite ones; the CUDA kernel does not check them).
+        if not bias.dtype.is_floating_point:
+            raise DTypeError(f"bias: got dtype {bias.dtype}, expected a float tensor")
+        if bias.dim() != 1 or bias.shape[0] != num_experts:
+            raise ShapeError(f"bias: got shape {list(bias.shape)}, expected [{num_experts}] (one per expert)")
     elif bias is not None:
         bias = float_array(bias.detach().cpu().double().numpy() if _is_torch(bias) else bias,
                            "bias", np.float64, ndim=1)

@@ -54,6 +54,9 @@ def grouped_matmul(rows: torch.Tensor, weights: torch.Tensor, expert_offsets: to
 
 
 def _zero_tail(out: torch.Tensor, expert_offsets: torch.Tensor) -> torch.Tensor:
+    if torch.compiler.is_compiling():  # no data-dependent branch in a traced graph: a row mask
+        kept = torch.arange(out.shape[0], device=out.device) < expert_offsets[-1]
+        return torch.where(kept.unsqueeze(1), out, out.new_zeros(()))
     used = int(expert_offsets[-1])
     if used == out.shape[0]:
         return out

@@ -142,6 +142,26 @@ def test_layer_dtypes_and_errors():
         MoE(8, 4, experts=[torch.nn.Identity()])
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.bfloat16, torch.float16])
+def test_layer_edge_sizes_forward_and_backward(dtype):
+    # No tokens (a .sum() gradient is then an empty stride-0 tensor, which grouped_mm's backward
+    # rejects unless made dense), one expert with k = E, and a batch of 3 x 5 tokens.
+    torch.manual_seed(5)
+    for experts, k, shape in ((4, 2, (0, 8)), (4, 2, (2, 0, 8)), (1, 1, (6, 8)), (4, 4, (3, 5, 8))):
+        layer = MoE(8, experts, k, ffn_size=8).to(dtype).train()
+        x = torch.randn(*shape).to(dtype).requires_grad_(True)
+        y = layer(x)
+        assert y.shape == x.shape and y.dtype == dtype
+        y.float().sum().backward()
+        assert x.grad.shape == x.shape and torch.isfinite(x.grad.float()).all()
+        for p in layer.parameters():  # (the per-segment loop leaves weights no token reached at None)
+            assert p.grad is None or torch.isfinite(p.grad.float()).all()
+            if x.numel() == 0:
+                assert p.grad is None or not p.grad.any()
+        if dtype == torch.float32:  # grouped_mm: every weight has a gradient, zero without tokens
+            assert all(p.grad is not None for p in layer.parameters())
+
+
 def test_training_loss_falls():
     torch.manual_seed(3)
     teacher = torch.randn(8, 8)

@@ -66,11 +66,11 @@ def index_array(t: torch.Tensor, name: str) -> np.ndarray:
 
 
 def from_storage(a: np.ndarray, dtype_name: str) -> torch.Tensor:
-    """The tensor sharing memory with a core output array."""
+    """The tensor sharing memory with a core output array (an empty one: a new empty tensor,
+    since NumPy gives empty arrays all-zero strides, which torch's grouped_mm rejects)."""
     half = _HALF_DTYPES.get(dtype_name)
-    if half is not None:
-        return torch.from_numpy(a.view(np.int16)).view(half)
-    return torch.from_numpy(a)
+    t = torch.from_numpy(a.view(np.int16)).view(half) if half is not None else torch.from_numpy(a)
+    return t if a.size else t.new_empty(t.shape)
 
 
 def accumulation_dtype(dtype: torch.dtype) -> torch.dtype:

@@ -45,12 +45,17 @@ def grouped_matmul(rows: torch.Tensor, weights: torch.Tensor, expert_offsets: to
         try:
             out = _GROUPED_MM(rows, weights, offs=ends.to(torch.int32))
             if out.requires_grad:
-                # grouped_mm's backward rejects stride-0 gradients (e.g. from .sum()).
-                out.register_hook(lambda grad: grad.contiguous())
+                out.register_hook(_dense_gradient)
             return _zero_tail(out, expert_offsets)
         except (RuntimeError, NotImplementedError):
             pass  # e.g. strides this build's kernel does not take: use the loop below
     return segment_loop(rows, expert_offsets, lambda e, seg: seg @ weights[e], weights.shape[-1])
+
+
+def _dense_gradient(grad: torch.Tensor) -> torch.Tensor:
+    """grouped_mm's backward rejects stride-0 gradients (e.g. from .sum()), empty ones included,
+    which .contiguous() leaves as they are (an empty tensor counts as contiguous)."""
+    return grad.contiguous() if grad.numel() else grad.new_zeros(grad.shape)
 
 
 def _zero_tail(out: torch.Tensor, expert_offsets: torch.Tensor) -> torch.Tensor:

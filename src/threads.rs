@@ -128,6 +128,19 @@ pub fn for_each_task(num_tasks: usize, task: impl Fn(usize) + Sync + Send) {
     (0..num_tasks).into_par_iter().for_each(task);
 }
 
+/// task(i) for every i in 0..num_tasks, run as `for_each_task` runs tasks; the results in task
+/// order.
+pub fn map_tasks<R: Send>(num_tasks: usize, task: impl Fn(usize) -> R + Sync + Send) -> Vec<R> {
+    let mut results: Vec<Option<R>> = (0..num_tasks).map(|_| None).collect();
+    let slots = DisjointChunks::new(&mut results, 1);
+    for_each_task(num_tasks, |i| {
+        // SAFETY: for_each_task runs each index exactly once, so slot i is taken once.
+        let slot = unsafe { slots.take(i) };
+        slot[0] = Some(task(i));
+    });
+    results.into_iter().map(|r| r.expect("for_each_task ran every task")).collect()
+}
+
 /// `out` cut into chunks of `chunk` elements (the last one shorter); task(i, chunk i) runs once
 /// for every chunk, as `for_each_task` runs tasks.
 pub fn for_each_chunk_mut<T: Send>(out: &mut [T], chunk: usize, task: impl Fn(usize, &mut [T]) + Sync + Send) {

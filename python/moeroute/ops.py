@@ -127,8 +127,7 @@ def _check_route_options(k, num_experts, score, normalize, scale, bias, num_grou
         if bias.dim() != 1 or bias.shape[0] != num_experts:
             raise ShapeError(f"bias: got shape {list(bias.shape)}, expected [{num_experts}] (one per expert)")
     elif bias is not None:
-        bias = float_array(bias.detach().cpu().double().numpy() if _is_torch(bias) else bias,
-                           "bias", np.float64, ndim=1)
+        bias = float_array(bias, "bias", np.float64, ndim=1)
     return (
         k, choice(score, "score", SCORES), choice(normalize, "normalize", NORMALIZATIONS),
         real(scale, "scale"), bias,

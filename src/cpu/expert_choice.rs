@@ -1,8 +1,8 @@
 //! Expert-choice routing (Zhou et al. 2022): each expert takes its C highest-probability tokens.
 
-use crate::threads::{for_each_chunk_mut, for_each_task, DisjointChunks};
+use crate::threads::{map_tasks, DisjointChunks};
 
-use crate::cpu::scores::{score_row, ScoreMath};
+use crate::cpu::scores::{check_rows, score_row, RowsOutcome, ScoreMath};
 use crate::cpu::simd::{dispatch, Body};
 use crate::dtype::{Accum, Activation};
 use crate::error::{Error, Result};
@@ -39,15 +39,7 @@ where
 
     // Each expert's chosen tokens, ascending (one task per expert).
     let taken = c.min(t_count);
-    let mut chosen: Vec<Vec<u32>> = vec![Vec::new(); e_count];
-    {
-        let slots = DisjointChunks::new(&mut chosen, 1);
-        for_each_task(e_count, |e| {
-            // SAFETY: for_each_task runs each task index once, so each expert's slot is taken once.
-            let slot = unsafe { slots.take(e) };
-            slot[0] = dispatch(ChooseTokens { probs: &probs, num_experts: e_count, expert: e, taken });
-        });
-    }
+    let chosen = map_tasks(e_count, |e| dispatch(ChooseTokens { probs: &probs, num_experts: e_count, expert: e, taken }));
 
     let zero = <L::Acc as Accum>::ZERO;
     let mut expert_ids = vec![-1i32; t_count * e_count];
@@ -93,20 +85,17 @@ where
         return Ok(probs);
     }
     let num_tasks = num_tokens.div_ceil(TOKENS_PER_TASK);
-    let mut outcomes: Vec<std::result::Result<(), (usize, &'static str)>> = vec![Ok(()); num_tasks];
-    {
-        let outcome = DisjointChunks::new(&mut outcomes, 1);
+    let outcomes = {
         let chunk = TOKENS_PER_TASK * num_experts;
-        for_each_chunk_mut(&mut probs, chunk, |task, p| {
+        let chunks = DisjointChunks::new(&mut probs, chunk);
+        map_tasks(num_tasks, |task| {
+            // SAFETY: map_tasks runs each task index once, so each chunk is taken once.
+            let p = unsafe { chunks.take(task) };
             let l = &logits[task * chunk..task * chunk + p.len()];
-            // SAFETY: for_each_chunk_mut runs each task index once, so each outcome is taken once.
-            let slot = unsafe { outcome.take(task) };
-            slot[0] = dispatch(SoftmaxTask { first_token: task * TOKENS_PER_TASK, num_experts, logits: l, probs: p });
-        });
-    }
-    if let Some(&Err((token, problem))) = outcomes.iter().find(|o| o.is_err()) {
-        return Err(Error::Logits { arg: "logits", problem, token });
-    }
+            dispatch(SoftmaxTask { first_token: task * TOKENS_PER_TASK, num_experts, logits: l, probs: p })
+        })
+    };
+    check_rows(&outcomes)?;
     Ok(probs)
 }
 
@@ -153,7 +142,7 @@ impl<L: Activation> Body for SoftmaxTask<'_, L>
 where
     L::Acc: ScoreMath,
 {
-    type Output = std::result::Result<(), (usize, &'static str)>;
+    type Output = RowsOutcome;
     #[inline(always)]
     fn run(self) -> Self::Output {
         let e = self.num_experts;

@@ -2,15 +2,13 @@
 
 use std::mem::MaybeUninit;
 
+use crate::threads::{map_tasks, DisjointChunks};
 
-
-use crate::threads::{for_each_task, DisjointChunks};
-
-use crate::cpu::scores::{score_row, ScoreMath};
+use crate::cpu::scores::{check_rows, score_row, RowsOutcome, ScoreMath};
 use crate::cpu::select::{mask_groups, top_k};
 use crate::cpu::simd::{dispatch, Body};
 use crate::dtype::{Accum, Activation};
-use crate::error::{Error, Result};
+use crate::error::Result;
 use crate::routing::{GroupLimit, ScoreFunction};
 
 /// Tokens per parallel task; fixed so results do not depend on the thread count.
@@ -40,9 +38,6 @@ struct Rows<'a, L: Activation> {
     ids: &'a mut [i32],
     picked: &'a mut [L::Acc],
 }
-
-/// Ok, or the first bad token and what is wrong with it.
-type RowsOutcome = std::result::Result<(), (usize, &'static str)>;
 
 /// One task of gating: its rows, the spec and the number of experts.
 struct GateTask<'a, L: Activation> {
@@ -123,22 +118,18 @@ where
         return Ok(Gate { expert_ids, picked_scores, probs });
     }
     let num_tasks = num_tokens.div_ceil(TOKENS_PER_TASK);
-    let mut outcomes: Vec<RowsOutcome> = vec![Ok(()); num_tasks];
-    {
+    let outcomes = {
         let probs = DisjointChunks::new(&mut probs.spare_capacity_mut()[..num_tokens * e_count], TOKENS_PER_TASK * e_count);
         let ids = DisjointChunks::new(&mut expert_ids, TOKENS_PER_TASK * k);
         let picked = DisjointChunks::new(&mut picked_scores, TOKENS_PER_TASK * k);
-        let outcome = DisjointChunks::new(&mut outcomes, 1);
-        for_each_task(num_tasks, |task| {
-            // SAFETY: for_each_task runs each task index once, so each chunk is taken once.
-            let (probs, ids, picked, outcome) = unsafe { (probs.take(task), ids.take(task), picked.take(task), outcome.take(task)) };
+        map_tasks(num_tasks, |task| {
+            // SAFETY: map_tasks runs each task index once, so each chunk is taken once.
+            let (probs, ids, picked) = unsafe { (probs.take(task), ids.take(task), picked.take(task)) };
             let rows = Rows { logits, first_token: task * TOKENS_PER_TASK, probs, ids, picked };
-            outcome[0] = dispatch(GateTask { rows, spec, e_count });
-        });
-    }
-    if let Some(&Err((token, problem))) = outcomes.iter().find(|o| o.is_err()) {
-        return Err(Error::Logits { arg: "logits", problem, token });
-    }
+            dispatch(GateTask { rows, spec, e_count })
+        })
+    };
+    check_rows(&outcomes)?;
     // SAFETY: every task returned Ok, and a task returns Ok only after writing every one of its
     // rows of `probs`; the tasks cover all num_tokens * e_count entries of the capacity.
     unsafe { probs.set_len(num_tokens * e_count) };

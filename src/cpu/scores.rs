@@ -20,6 +20,17 @@ impl BadRow {
     }
 }
 
+/// What a task scoring rows returns: Ok, or the first bad token and what is wrong with it.
+pub type RowsOutcome = Result<(), (usize, &'static str)>;
+
+/// The first bad token over all tasks (in token order) as a `logits` error.
+pub fn check_rows(outcomes: &[RowsOutcome]) -> crate::error::Result<()> {
+    match outcomes.iter().find_map(|o| o.err()) {
+        Some((token, problem)) => Err(crate::error::Error::Logits { arg: "logits", problem, token }),
+        None => Ok(()),
+    }
+}
+
 /// Scores of the accumulation type; implemented for f32 and f64.
 pub trait ScoreMath: Accum {
     fn sigmoid(self) -> Self;

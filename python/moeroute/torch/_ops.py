@@ -234,8 +234,16 @@ def _(x, src, dest):
 def permute_backward_impl(grad_xp: Tensor, dest: Tensor) -> Tensor:
     if grad_xp.is_cuda:
         return _cuda.combine(grad_xp, dest, None)
-    storage, dtype_name = to_storage(grad_xp, "grad_xp", 2)
-    return from_storage(_core.permute_backward(storage, dtype_name, index_array(dest, "plan.dest")), dtype_name)
+    return _permute_backward_cpu([grad_xp], dest)
+
+
+def _permute_backward_cpu(grads, dest: Tensor) -> Tensor:
+    """grad_x from the gradients of one or more uses of the permuted rows (summed per slot)."""
+    storages = [to_storage(g, "grad_xp", 2) for g in grads]
+    dtype_name = storages[0][1]
+    grad_x = _core.permute_backward(storages[0][0], dtype_name, index_array(dest, "plan.dest"),
+                                    *(storage for storage, _ in storages[1:]))
+    return from_storage(grad_x, dtype_name)
 
 
 permute_backward = torch.library.custom_op("moeroute::permute_backward", mutates_args=())(permute_backward_impl)
@@ -283,13 +291,7 @@ class _PermuteShared(torch.autograd.Function):
     def backward(ctx, *grads):
         (dest,) = ctx.saved_tensors
         given = [g for g in grads if g is not None]
-        if not given:
-            return None, None, None, None
-        storages = [to_storage(g, "grad_xp", 2) for g in given]
-        dtype_name = storages[0][1]
-        grad_x = _core.permute_backward(storages[0][0], dtype_name, index_array(dest, "plan.dest"),
-                                        *(storage for storage, _ in storages[1:]))
-        return from_storage(grad_x, dtype_name), None, None, None
+        return (_permute_backward_cpu(given, dest) if given else None), None, None, None
 
 
 # -------------------------------------------------------------------------------- combine

@@ -242,6 +242,10 @@ def test_torch_errors_name_the_argument():
     plan = moeroute.route(torch.zeros(4, 3), 1)
     with pytest.raises(moeroute.ShapeError, match=r"\bx\b"):
         moeroute.permute(torch.zeros(5, 2), plan)
+    with pytest.raises(moeroute.DTypeError, match="weights"):
+        moeroute.combine(torch.zeros(4, 2), plan, [[1.0]] * 4)
+    with pytest.raises(moeroute.ShapeError, match="weights"):
+        moeroute.combine(torch.zeros(4, 2), plan, torch.ones(4, 2))
     with pytest.raises(moeroute.LogitsError, match="logits"):
         moeroute.route(torch.full((2, 3), float("nan")), 1)
     with pytest.raises(moeroute.DTypeError, match="bias"):

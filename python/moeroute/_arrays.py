@@ -32,6 +32,21 @@ def activation(value: Any, name: str, ndim: int) -> Tuple[np.ndarray, str, np.dt
     return array, dtype_name, dtype
 
 
+_TENSOR_TYPES: set = set()
+
+
+def is_torch(value: Any) -> bool:
+    """Whether value is a torch.Tensor (without importing torch when it is not loaded); the tensor
+    types seen are remembered (a set lookup instead of string and attribute tests per call)."""
+    kind = type(value)
+    if kind in _TENSOR_TYPES:
+        return True
+    if kind.__module__.startswith("torch") and hasattr(value, "data_ptr"):
+        _TENSOR_TYPES.add(kind)
+        return True
+    return False
+
+
 def restore(storage: np.ndarray, dtype: np.dtype) -> np.ndarray:
     """Views a core output as the activation dtype it stands for."""
     return storage.view(dtype) if storage.dtype != dtype else storage

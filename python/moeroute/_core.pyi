@@ -1,6 +1,6 @@
 """Type stubs of the Rust extension (moeroute._core). Use the public functions in moeroute instead."""
 
-from typing import Dict, List, Optional, Tuple
+from typing import List, Optional, Tuple
 
 import numpy as np
 
@@ -13,15 +13,20 @@ def set_buffer_cache_limit(limit_bytes: int) -> None: ...
 def buffer_cache_info() -> Tuple[int, int]: ...
 
 class PooledBuffer: ...
+
+# A plan as route / expert_choice return it: weights, probs, expert_ids, dest, src, expert_offsets,
+# tokens_per_expert, assigned_per_expert (moeroute.plan.CORE_FIELDS), then the capacity or None.
+PlanTuple = Tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray,
+                  np.ndarray, Optional[int]]
 def route(
     logits: np.ndarray, dtype_name: str, k: int, score: str, normalize: str, scale: float,
     bias: Optional[List[float]], num_groups: Optional[int], topk_groups: Optional[int],
     capacity: Optional[int], capacity_factor: Optional[float], min_capacity: int,
     capacity_multiple: int, priority: str, pad_to: int,
-) -> Dict[str, object]: ...
+) -> PlanTuple: ...
 def expert_choice(
     logits: np.ndarray, dtype_name: str, capacity: Optional[int], capacity_factor: float
-) -> Dict[str, object]: ...
+) -> PlanTuple: ...
 def route_backward(
     grad_weights: np.ndarray, grad_probs: Optional[np.ndarray], probs: np.ndarray, expert_ids: np.ndarray, dest: np.ndarray,
     score: str, normalize: str, scale: float, double: bool,

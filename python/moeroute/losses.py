@@ -7,13 +7,9 @@ from typing import Any
 import numpy as np
 
 from . import _core
-from ._arrays import float_array, integer
+from ._arrays import float_array, integer, is_torch
 from .errors import ArgumentError, LogitsError, ShapeError
 from .plan import RoutingPlan
-
-
-def _is_torch(value: Any) -> bool:
-    return type(value).__module__.startswith("torch") and hasattr(value, "data_ptr")
 
 
 def _torch_losses():
@@ -25,7 +21,7 @@ def load_balancing_loss(plan: RoutingPlan) -> float:
     """Switch Transformer's loss: E * sum_e f_e * P_e, f_e = assigned_per_expert[e] / (T * k),
     P_e = mean over tokens of probs[:, e]. 1.0 when perfectly balanced; 0.0 for T = 0.
     With a plan of tensors: a differentiable 0-d tensor (gradient through probs)."""
-    if _is_torch(plan.probs):
+    if is_torch(plan.probs):
         return _torch_losses().load_balancing_loss(plan)
     t, e, k = plan.num_tokens, plan.num_experts, plan.top_k
     if t == 0:
@@ -38,7 +34,7 @@ def load_balancing_loss(plan: RoutingPlan) -> float:
 def z_loss(logits: Any) -> float:
     """ST-MoE router z-loss: mean over tokens of logsumexp(logits[t])**2 (float64 math; a
     differentiable tensor for tensor logits)."""
-    if _is_torch(logits):
+    if is_torch(logits):
         return _torch_losses().z_loss(logits)
     x = float_array(logits, "logits", np.float64, ndim=2)
     if x.shape[0] == 0:
@@ -62,7 +58,7 @@ def _cv_squared(values: np.ndarray) -> float:
 
 def importance_loss(plan: RoutingPlan) -> float:
     """Shazeer et al. 2017: CV^2 of each expert's importance, the sum of its gate weights."""
-    if _is_torch(plan.weights):
+    if is_torch(plan.weights):
         return _torch_losses().importance_loss(plan)
     ids = plan.expert_ids.reshape(-1)
     used = ids >= 0
@@ -84,7 +80,7 @@ def noisy_load_probs(clean_logits: Any, noise_std: Any, noisy_logits: Any, k: in
     Returns:
         (T, E) float64 probabilities (a differentiable tensor for tensor inputs).
     """
-    if _is_torch(clean_logits):
+    if is_torch(clean_logits):
         return _torch_losses().noisy_load_probs(clean_logits, noise_std, noisy_logits, integer(k, "k"))
     clean = float_array(clean_logits, "clean_logits", np.float64, ndim=2)
     noisy = float_array(noisy_logits, "noisy_logits", np.float64, ndim=2)
@@ -103,7 +99,7 @@ def noisy_load_probs(clean_logits: Any, noise_std: Any, noisy_logits: Any, k: in
 
 def noisy_load_loss(clean_logits: Any, noise_std: Any, noisy_logits: Any, k: int) -> float:
     """Shazeer et al. 2017's load loss: CV^2 over experts of sum_t noisy_load_probs[t, e]."""
-    if _is_torch(clean_logits):
+    if is_torch(clean_logits):
         return _torch_losses().noisy_load_loss(clean_logits, noise_std, noisy_logits, integer(k, "k"))
     probs = noisy_load_probs(clean_logits, noise_std, noisy_logits, k)
     return _cv_squared(probs.sum(axis=0))

@@ -8,7 +8,7 @@ import numpy as np
 
 from . import _core
 from ._arrays import (accumulation_dtype, activation, choice, float_array, integer,
-                      optional_integer, real, restore)
+                      is_torch, optional_integer, real, restore)
 from .errors import ArgumentError, DTypeError, ShapeError
 from .plan import NORMALIZATIONS, SCORES, RoutingPlan
 
@@ -64,7 +64,7 @@ def route(
     """
     args = (score, normalize, scale, bias, num_groups, topk_groups, capacity, capacity_factor,
             min_capacity, capacity_multiple, priority, pad_to)
-    if _is_torch(logits):
+    if is_torch(logits):
         _front = _torch_front()
         _front.check_activation(logits, "logits")
         return _front.route(logits, _route_options(k, logits.shape[1], *args))
@@ -72,8 +72,7 @@ def route(
     options = _route_options(k, storage.shape[1], *args)
     if options[4] is not None:
         options = options[:4] + (options[4].tolist(),) + options[5:]
-    fields = _core.route(storage, dtype_name, *options)
-    return RoutingPlan._trusted(fields, score, normalize, scale)
+    return RoutingPlan._from_core(_core.route(storage, dtype_name, *options), score, normalize, scale)
 
 
 def _torch_front():
@@ -86,11 +85,6 @@ def _torch_front():
 
 
 _FRONT = None
-
-
-def _is_torch(value: Any) -> bool:
-    """Whether value is a torch.Tensor (without importing torch when it is not loaded)."""
-    return type(value).__module__.startswith("torch") and hasattr(value, "data_ptr")
 
 
 _CHECKED_OPTIONS: dict = {}
@@ -118,7 +112,7 @@ def _check_route_options(k, num_experts, score, normalize, scale, bias, num_grou
     k = integer(k, "k")
     if not 1 <= k <= max(num_experts, 1):
         raise ArgumentError(f"k: got {k}, expected an integer in [1, {num_experts}] (the number of experts)")
-    if bias is not None and _is_torch(bias):
+    if bias is not None and is_torch(bias):
         # A tensor bias stays a tensor (no host round trip for a device bias, and nothing that
         # torch.compile cannot trace): its values are checked by the kernel (the CPU core rejects
         # non-finite ones; the CUDA kernel does not check them).
@@ -159,12 +153,12 @@ def expert_choice(logits: Any, *, capacity_factor: float = 1.0, capacity: Option
     """
     capacity = optional_integer(capacity, "capacity", 0)
     capacity_factor = real(capacity_factor, "capacity_factor")
-    if _is_torch(logits):
+    if is_torch(logits):
         _front = _torch_front()
         return _front.expert_choice(logits, capacity, capacity_factor)
     storage, dtype_name, _ = activation(logits, "logits", ndim=2)
-    fields = _core.expert_choice(storage, dtype_name, capacity, capacity_factor)
-    return RoutingPlan._trusted(fields, "softmax", "none", 1.0)
+    return RoutingPlan._from_core(_core.expert_choice(storage, dtype_name, capacity, capacity_factor),
+                                  "softmax", "none", 1.0)
 
 
 def _check_plan(plan: Any) -> RoutingPlan:
@@ -189,7 +183,7 @@ def permute(x: Any, plan: RoutingPlan) -> np.ndarray:
         xp: (R, H), dtype of x.
     """
     plan = _check_plan(plan)
-    if _is_torch(x):
+    if is_torch(x):
         _front = _torch_front()
         return _front.permute(x, plan)
     storage, dtype_name, dtype = activation(x, "x", ndim=2)
@@ -224,7 +218,7 @@ def combine(yp: Any, plan: RoutingPlan, weights: Any = None) -> np.ndarray:
         y: (T, H), dtype of yp.
     """
     plan = _check_plan(plan)
-    if _is_torch(yp):
+    if is_torch(yp):
         _front = _torch_front()
         return _front.combine(yp, plan, weights)
     storage, dtype_name, dtype = activation(yp, "yp", ndim=2)
@@ -244,7 +238,7 @@ def permute_backward(grad_xp: Any, plan: RoutingPlan) -> np.ndarray:
         grad_x: (T, H), dtype of grad_xp.
     """
     plan = _check_plan(plan)
-    if _is_torch(grad_xp):
+    if is_torch(grad_xp):
         _front = _torch_front()
         return _front.permute_backward(grad_xp, plan)
     storage, dtype_name, dtype = activation(grad_xp, "grad_xp", ndim=2)
@@ -266,7 +260,7 @@ def combine_backward(grad_y: Any, yp: Any, plan: RoutingPlan, weights: Any = Non
         grad_weights: (T, S), dtype of the weights: <grad_y[t], yp[dest[t,s]]>, 0 where dropped.
     """
     plan = _check_plan(plan)
-    if _is_torch(yp):
+    if is_torch(yp):
         _front = _torch_front()
         return _front.combine_backward(grad_y, yp, plan, weights)
     yp_storage, dtype_name, dtype = activation(yp, "yp", ndim=2)
@@ -295,7 +289,7 @@ def route_backward(grad_weights: Any, plan: RoutingPlan, logits: Any) -> np.ndar
         grad_logits: (T, E), dtype of logits.
     """
     plan = _check_plan(plan)
-    if _is_torch(logits):
+    if is_torch(logits):
         _front = _torch_front()
         return _front.route_backward(grad_weights, plan, logits)
     storage, _, dtype = activation(logits, "logits", ndim=2)

@@ -16,6 +16,10 @@ _COUNT_FIELDS = {"expert_offsets": np.int64, "tokens_per_expert": np.int64, "ass
 _FLOAT_FIELDS = ("weights", "probs")
 ARRAY_FIELDS = ("expert_ids", "weights", "probs", "dest", "src", "expert_offsets",
                 "tokens_per_expert", "assigned_per_expert")
+# The order the core returns a plan's arrays in (float arrays first: torch's opcheck sums a custom
+# op's outputs in order into one accumulator).
+CORE_FIELDS = ("weights", "probs", "expert_ids", "dest", "src", "expert_offsets", "tokens_per_expert",
+               "assigned_per_expert")
 SCORES = ("softmax", "sigmoid")
 NORMALIZATIONS = ("none", "topk", "kept")
 
@@ -72,35 +76,28 @@ class RoutingPlan:
             converted["expert_ids"], converted["dest"], converted["src"], converted["expert_offsets"],
             converted["tokens_per_expert"], converted["assigned_per_expert"], capacity,
         )
-        self._set(converted.items(), capacity, choice(score, "score", SCORES),
-                  choice(normalize, "normalize", NORMALIZATIONS), real(scale, "scale"))
+        for array in converted.values():
+            array.flags.writeable = False
+        _fill(self, [converted[name] for name in CORE_FIELDS], capacity, choice(score, "score", SCORES),
+              choice(normalize, "normalize", NORMALIZATIONS), real(scale, "scale"))
 
     @classmethod
-    def _trusted(cls, fields: Mapping[str, Any], score: str, normalize: str, scale: float) -> "RoutingPlan":
-        """Wraps arrays the core just produced (already consistent) without re-validating."""
-        return cls._of(ARRAY_FIELDS, [fields[name] for name in ARRAY_FIELDS], fields["capacity"], score,
-                       normalize, scale)
+    def _from_core(cls, fields: Tuple[Any, ...], score: str, normalize: str, scale: float) -> "RoutingPlan":
+        """Wraps what the core's route / expert_choice return (the arrays in CORE_FIELDS order, then
+        the capacity), already consistent, so not re-validated; the arrays are made read-only."""
+        arrays = fields[:8]
+        for array in arrays:
+            array.flags.writeable = False
+        return cls._of(arrays, fields[8], score, normalize, scale)
 
     @classmethod
-    def _of(cls, names: Iterable[str], arrays: Iterable[Any], capacity: Optional[int], score: str,
-            normalize: str, scale: float) -> "RoutingPlan":
-        """A plan of the given fields (already consistent: not re-validated); NumPy arrays are made
-        read-only."""
-        plan = cls.__new__(cls)
-        plan._set(zip(names, arrays), capacity, score, normalize, scale)
+    def _of(cls, arrays: Iterable[Any], capacity: Optional[int], score: str, normalize: str,
+            scale: float) -> "RoutingPlan":
+        """A plan of these fields, in CORE_FIELDS order, as they are (already consistent: not
+        re-validated)."""
+        plan = object.__new__(cls)
+        _fill(plan, arrays, capacity, score, normalize, scale)
         return plan
-
-    def _set(self, arrays: Iterable[Tuple[str, Any]], capacity: Optional[int], score: str,
-             normalize: str, scale: float) -> None:
-        set_slot = object.__setattr__  # (the class's own __setattr__ refuses: the plan is immutable)
-        for name, array in arrays:
-            if isinstance(array, np.ndarray):
-                array.flags.writeable = False
-            set_slot(self, name, array)
-        set_slot(self, "capacity", capacity)
-        set_slot(self, "score", score)
-        set_slot(self, "normalize", normalize)
-        set_slot(self, "scale", float(scale))
 
     def __setattr__(self, name: str, value: Any) -> None:
         raise AttributeError(f"RoutingPlan is immutable: cannot set {name!r}")
@@ -172,6 +169,19 @@ class RoutingPlan:
         """Reads a plan written by `save` and validates it."""
         with np.load(path) as data:
             return cls.from_dict({name: data[name] for name in data.files})
+
+
+# Each slot's setter, in CORE_FIELDS order then capacity, score, normalize, scale.
+_SETTERS = tuple(getattr(RoutingPlan, name).__set__
+                 for name in CORE_FIELDS + ("capacity", "score", "normalize", "scale"))
+
+
+def _fill(plan: RoutingPlan, arrays: Iterable[Any], capacity: Optional[int], score: str, normalize: str,
+          scale: float) -> None:
+    """Sets every slot of a new plan (through the slots' setters: the class's __setattr__ refuses,
+    the plan being immutable)."""
+    for set_field, value in zip(_SETTERS, (*arrays, capacity, score, normalize, float(scale))):
+        set_field(plan, value)
 
 
 def _numpy(array: Any) -> np.ndarray:

@@ -2,9 +2,6 @@
 //! order, accumulated in f32 (f64 for f64). Without weights it is permute's backward pass. With
 //! several sources of rows, a slot's value is the sum of its row in each (in source order): the
 //! backward pass of a permuted tensor used twice (e.g. by an expert's gate and up projections)
-//! adds the two gradients in the same pass instead of in a separate one. With
-//! several sources of rows, a slot's value is the sum of its row in each (in source order): the
-//! backward pass of a permuted tensor used twice (e.g. by an expert's gate and up projections)
 //! adds the two gradients in the same pass instead of in a separate one.
 
 use crate::threads::for_each_chunk_mut;
@@ -34,8 +31,6 @@ pub fn combine<A: Activation>(
     y: &mut [A],
 ) -> Result<()> {
     assert_eq!(y.len() * slots, dest.len() * hidden, "combine: y is not [tokens, hidden]");
-    assert!(!sources.is_empty(), "combine: no source of rows");
-    assert!(sources.iter().all(|s| s.len() == num_rows * hidden), "combine: a source is not [rows, hidden]");
     assert!(!sources.is_empty(), "combine: no source of rows");
     assert!(sources.iter().all(|s| s.len() == num_rows * hidden), "combine: a source is not [rows, hidden]");
     check_dest(dest, slots, num_rows)?;

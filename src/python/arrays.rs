@@ -2,7 +2,8 @@
 //! of half types (float16 / bfloat16 arrive as uint16 views and leave the same way).
 
 use half::{bf16, f16, slice::HalfBitsSliceExt};
-use numpy::{Element, PyArrayDyn, PyArrayMethods, PyReadonlyArrayDyn, PyReadwriteArrayDyn, PyUntypedArrayMethods};
+use numpy::ndarray::IxDyn;
+use numpy::{Element, IntoPyArray, PyArrayDyn, PyReadonlyArrayDyn, PyReadwriteArrayDyn, PyUntypedArrayMethods};
 use pyo3::prelude::*;
 
 use crate::dtype::{Activation, DType};
@@ -133,7 +134,10 @@ pub fn output_slice<'a, T: Element>(guard: &'a mut PyReadwriteArrayDyn<'_, T>) -
     })
 }
 
-/// A 1-D or reshaped owned vector as a NumPy array (no copy).
+/// An owned vector as a NumPy array of `shape` (no copy; one array object, not a reshaped view).
 pub fn from_vec<'py, T: Element>(py: Python<'py>, v: Vec<T>, shape: &[usize]) -> PyResult<Bound<'py, PyAny>> {
-    Ok(numpy::PyArray1::from_vec(py, v).reshape(shape)?.into_any())
+    let array = numpy::ndarray::Array::from_shape_vec(IxDyn(shape), v).map_err(|e| {
+        Error::Shape { arg: "output", got: shape.to_vec(), expected: format!("a shape holding the values ({e})") }
+    })?;
+    Ok(array.into_pyarray(py).into_any())
 }

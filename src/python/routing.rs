@@ -2,7 +2,7 @@
 
 use numpy::{Element, PyArrayMethods, PyUntypedArrayMethods};
 use pyo3::prelude::*;
-use pyo3::types::PyDict;
+use pyo3::types::PyTuple;
 
 use super::arrays::{dtype, expect_shape, from_vec, input, output_slice, slice, with_activation, output, Stored};
 use super::errors::{run_kernel, run_task_kernel};
@@ -14,20 +14,23 @@ use crate::routing::options::CapacityRequest;
 use crate::routing::validate::{validate_plan as validate, PlanArrays};
 use crate::routing::{GroupLimit, Normalize, Priority, RouteOptions, RoutingPlan, ScoreFunction};
 
-/// The plan's arrays as a dict of NumPy arrays (no copies).
-fn plan_dict<'py, F: Element>(py: Python<'py>, plan: RoutingPlan<F>) -> PyResult<Bound<'py, PyDict>> {
+/// The plan as a tuple (weights, probs, expert_ids, dest, src, expert_offsets, tokens_per_expert,
+/// assigned_per_expert, capacity): NumPy arrays in the order of `moeroute.plan.PLAN_FIELDS` (no
+/// copies), then the capacity or None.
+fn plan_tuple<'py, F: Element>(py: Python<'py>, plan: RoutingPlan<F>) -> PyResult<Bound<'py, PyTuple>> {
     let (t, e, s) = (plan.num_tokens, plan.num_experts, plan.slots);
-    let d = PyDict::new(py);
-    d.set_item("expert_ids", from_vec(py, plan.expert_ids, &[t, s])?)?;
-    d.set_item("weights", from_vec(py, plan.weights, &[t, s])?)?;
-    d.set_item("probs", from_vec(py, plan.probs, &[t, e])?)?;
-    d.set_item("dest", from_vec(py, plan.dest, &[t, s])?)?;
-    d.set_item("src", from_vec(py, plan.src, &[plan.num_rows])?)?;
-    d.set_item("expert_offsets", from_vec(py, plan.expert_offsets, &[e + 1])?)?;
-    d.set_item("tokens_per_expert", from_vec(py, plan.tokens_per_expert, &[e])?)?;
-    d.set_item("assigned_per_expert", from_vec(py, plan.assigned_per_expert, &[e])?)?;
-    d.set_item("capacity", plan.capacity)?;
-    Ok(d)
+    let items: [Bound<'py, PyAny>; 9] = [
+        from_vec(py, plan.weights, &[t, s])?,
+        from_vec(py, plan.probs, &[t, e])?,
+        from_vec(py, plan.expert_ids, &[t, s])?,
+        from_vec(py, plan.dest, &[t, s])?,
+        from_vec(py, plan.src, &[plan.num_rows])?,
+        from_vec(py, plan.expert_offsets, &[e + 1])?,
+        from_vec(py, plan.tokens_per_expert, &[e])?,
+        from_vec(py, plan.assigned_per_expert, &[e])?,
+        plan.capacity.into_pyobject(py)?.into_any(),
+    ];
+    PyTuple::new(py, items)
 }
 
 fn logits_shape(shape: &[usize]) -> PyResult<(usize, usize)> {
@@ -77,7 +80,7 @@ pub(super) fn route_options(
     })
 }
 
-/// route(logits, dtype, k, ...) -> dict of plan arrays.
+/// route(logits, dtype, k, ...) -> the plan as a tuple (see `plan_tuple`).
 #[pyfunction]
 #[pyo3(signature = (logits, dtype_name, k, score, normalize, scale, bias, num_groups, topk_groups,
                     capacity, capacity_factor, min_capacity, capacity_multiple, priority, pad_to))]
@@ -99,7 +102,7 @@ fn route<'py>(
     capacity_multiple: usize,
     priority: &str,
     pad_to: usize,
-) -> PyResult<Bound<'py, PyDict>> {
+) -> PyResult<Bound<'py, PyTuple>> {
     let options = route_options(k, score, normalize, scale, bias, num_groups, topk_groups, capacity, capacity_factor,
                                 min_capacity, capacity_multiple, priority, pad_to)?;
     with_activation!(dtype(dtype_name, "logits")?, A => {
@@ -107,11 +110,11 @@ fn route<'py>(
         let (t, e) = logits_shape(logits.shape())?;
         let values = A::view(slice(&logits, "logits")?);
         let plan = run_task_kernel(py, t * e, || cpu::route::route(values, t, e, &options))?;
-        plan_dict(py, plan)
+        plan_tuple(py, plan)
     })
 }
 
-/// expert_choice(logits, dtype, capacity, capacity_factor) -> dict of plan arrays.
+/// expert_choice(logits, dtype, capacity, capacity_factor) -> the plan as a tuple (see `plan_tuple`).
 #[pyfunction]
 fn expert_choice<'py>(
     py: Python<'py>,
@@ -119,13 +122,13 @@ fn expert_choice<'py>(
     dtype_name: &str,
     capacity: Option<usize>,
     capacity_factor: f64,
-) -> PyResult<Bound<'py, PyDict>> {
+) -> PyResult<Bound<'py, PyTuple>> {
     with_activation!(dtype(dtype_name, "logits")?, A => {
         let logits = input::<<A as Stored>::Storage>(logits, "logits")?;
         let (t, e) = logits_shape(logits.shape())?;
         let values = A::view(slice(&logits, "logits")?);
         let plan = run_task_kernel(py, t * e, || cpu::expert_choice::expert_choice(values, t, e, capacity, capacity_factor))?;
-        plan_dict(py, plan)
+        plan_tuple(py, plan)
     })
 }
 

@@ -20,18 +20,20 @@ _HALF_DTYPES = {"float16": torch.float16, "bfloat16": torch.bfloat16}
 
 
 def check_cpu(t: torch.Tensor, name: str) -> None:
-    if t.device.type != "cpu":
+    if not t.is_cpu:
         raise DTypeError(f"{name}: got a tensor on {t.device}, expected a CPU tensor")
 
 
 def check_device(t: torch.Tensor, name: str) -> None:
     """CPU and CUDA tensors are supported."""
-    if t.device.type not in ("cpu", "cuda"):
+    if not (t.is_cpu or t.is_cuda):
         raise DTypeError(f"{name}: got a tensor on {t.device}, expected a CPU or CUDA tensor")
 
 
 def check_same_device(t: torch.Tensor, name: str, other: torch.Tensor, other_name: str) -> None:
-    if t.device != other.device:
+    if not isinstance(t, torch.Tensor):
+        raise DTypeError(f"{name}: got {type(t).__name__}, expected a tensor")
+    if not (t.is_cpu and other.is_cpu) and t.device != other.device:  # (device objects are slow)
         raise DTypeError(f"{name}: got a tensor on {t.device}, expected the device of {other_name} ({other.device})")
 
 
@@ -47,11 +49,12 @@ def to_storage(t: torch.Tensor, name: str, ndim: int) -> Tuple[np.ndarray, str]:
     """(NumPy array sharing t's memory, dtype name) for a CPU float tensor; non-contiguous tensors
     are made contiguous first (the only copy)."""
     dtype_name = _ACTIVATION_DTYPES.get(t.dtype)
-    if dtype_name is None or t.device.type != "cpu" or t.dim() != ndim:  # (one test when valid)
+    if dtype_name is None or not t.is_cpu or t.dim() != ndim:  # (one test when valid)
         check_cpu(t, name)
         activation_name(t, name)
         raise ShapeError(f"{name}: got shape {list(t.shape)}, expected a {ndim}-D tensor")
-    t = t.detach()
+    if t.requires_grad:
+        t = t.detach()
     if not t.is_contiguous():
         t = t.contiguous()
     if dtype_name in _HALF_DTYPES:
@@ -61,6 +64,8 @@ def to_storage(t: torch.Tensor, name: str, ndim: int) -> Tuple[np.ndarray, str]:
 
 def index_array(t: torch.Tensor, name: str) -> np.ndarray:
     """A NumPy view of an int32 / int64 / float index or weight tensor of the plan."""
+    if t.is_cpu and not t.requires_grad and t.is_contiguous():  # (a plan's own fields)
+        return t.numpy()
     check_cpu(t, name)
     return t.detach().contiguous().numpy()
 

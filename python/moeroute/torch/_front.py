@@ -22,19 +22,18 @@ def check_activation(t: torch.Tensor, name: str, ndim: int = 2) -> None:
 
 
 def _plan(outputs, capacity: Optional[int], score: str, normalize: str, scale: float) -> RoutingPlan:
-    return RoutingPlan._of(_ops.PLAN_FIELDS, outputs, capacity, score, normalize, scale)
+    return RoutingPlan._of(outputs, capacity, score, normalize, scale)
 
 
 def route(logits: torch.Tensor, options: tuple) -> RoutingPlan:
+    """The plan of checked route options (see moeroute.ops._route_options) for tensor logits."""
     (k, score, normalize, scale, bias, num_groups, topk_groups, capacity, capacity_factor,
      min_capacity, capacity_multiple, priority, pad_to) = options
     if isinstance(bias, torch.Tensor):
         check_same_device(bias, "bias", logits, "logits")
-        bias_t = bias
-    else:
-        bias_t = None if bias is None else torch.as_tensor(bias, dtype=torch.float64)
-    outputs = _ops.call(_ops.route, _ops.route_eager_impl, logits, k, score, normalize, scale, bias_t, num_groups,
-                        topk_groups, capacity, capacity_factor, min_capacity, capacity_multiple, priority, pad_to)
+    elif bias is not None:
+        options = options[:4] + (torch.as_tensor(bias, dtype=torch.float64),) + options[5:]
+    outputs = _ops.call(_ops.route, _ops.route_eager_impl, logits, *options)
     dropless = capacity is None and capacity_factor is None
     # The capacity layout has E segments of C rows.
     resolved = None if dropless else outputs[4].shape[0] // max(logits.shape[1], 1)
@@ -65,7 +64,7 @@ def combine(yp: torch.Tensor, plan: RoutingPlan, weights: Optional[torch.Tensor]
     _expect_rows("yp", yp, plan.num_rows, "R = plan.num_rows")
     w = plan.weights if weights is None else weights
     check_same_device(w, "weights", plan.dest, "plan")
-    if tuple(w.shape) != tuple(plan.expert_ids.shape):
+    if w.shape != plan.expert_ids.shape:
         raise ShapeError(f"weights: got shape {list(w.shape)}, expected {list(plan.expert_ids.shape)} (T, S)")
     return _ops.call(_ops.combine, _ops.combine_impl, yp, plan.dest, plan.src, w)
 

@@ -10,14 +10,15 @@ import numpy as np
 import torch
 
 from .. import _core
+from ..plan import CORE_FIELDS
 from . import _cuda
 from ._convert import accumulation_dtype, from_storage, index_array, to_storage
 
 Tensor = torch.Tensor
 PlanTensors = Tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]
-# Float outputs first: torch's opcheck sums outputs in order into one accumulator.
-PLAN_FIELDS = ("weights", "probs", "expert_ids", "dest", "src", "expert_offsets",
-               "tokens_per_expert", "assigned_per_expert")
+# The plan ops' outputs, in the core's order (float outputs first: torch's opcheck sums outputs in
+# order into one accumulator).
+PLAN_FIELDS = CORE_FIELDS
 
 
 def call(op, impl, *args):
@@ -29,6 +30,8 @@ def call(op, impl, *args):
     record = False
     for a in args:
         kind = type(a)
+        if kind in _OPTION_TYPES:  # (before isinstance, which is slow for torch.Tensor)
+            continue
         if kind is Tensor or kind is _PARAMETER:
             record = record or a.requires_grad
         elif isinstance(a, Tensor):
@@ -39,6 +42,8 @@ def call(op, impl, *args):
 
 
 _PARAMETER = torch.nn.Parameter
+# The types of the ops' non-tensor arguments.
+_OPTION_TYPES = frozenset({int, float, bool, str, type(None)})
 
 
 _EAGER_AUTOGRAD: dict = {}
@@ -78,9 +83,10 @@ def plan_layout(num_tokens: int, num_experts: int, k: int, capacity: Optional[in
     return c, num_experts * c
 
 
-def _plan_tensors(fields: dict) -> PlanTensors:
+def _plan_tensors(fields: tuple) -> PlanTensors:
+    """The plan's tensors (sharing memory) from the core's plan tuple (arrays, then the capacity)."""
     from_numpy = torch.from_numpy
-    return tuple([from_numpy(fields[name]) for name in PLAN_FIELDS])  # type: ignore[return-value]
+    return tuple([from_numpy(a) for a in fields[:8]])  # type: ignore[return-value]
 
 
 def _fake_plan(logits: Tensor, slots: int, rows: int) -> PlanTensors:
@@ -98,18 +104,17 @@ def _fake_plan(logits: Tensor, slots: int, rows: int) -> PlanTensors:
 def _route(logits: Tensor, options: tuple, packed: bool) -> PlanTensors:
     """route_impl's work; `packed` (eager calls autograd does not record): on CUDA, the plan's
     fields are views of three allocations instead of nine (custom ops must not return aliases)."""
-    (k, score, normalize, scale, bias, num_groups, topk_groups, capacity, capacity_factor, min_capacity,
-     capacity_multiple, priority, pad_to) = options
     if logits.is_cuda:
+        (k, score, normalize, scale, bias, num_groups, topk_groups, capacity, capacity_factor, min_capacity,
+         capacity_multiple, priority, pad_to) = options
         t, e = logits.shape
         _, rows = plan_layout(int(t), int(e), k, capacity, capacity_factor, min_capacity, capacity_multiple, pad_to)
         return _cuda.route(logits, rows, *options, packed=packed)  # type: ignore[return-value]
     storage, dtype_name = to_storage(logits, "logits", 2)
-    bias_list = None if bias is None else index_array(bias.to(torch.float64), "bias").tolist()
-    fields = _core.route(storage, dtype_name, k, score, normalize, scale, bias_list, num_groups,
-                         topk_groups, capacity, capacity_factor, min_capacity, capacity_multiple,
-                         priority, pad_to)
-    return _plan_tensors(fields)
+    bias = options[4]
+    if bias is not None:  # the core takes the bias as a list of floats
+        options = options[:4] + (index_array(bias.to(torch.float64), "bias").tolist(),) + options[5:]
+    return _plan_tensors(_core.route(storage, dtype_name, *options))
 
 
 def route_impl(logits: Tensor, k: int, score: str, normalize: str, scale: float, bias: Optional[Tensor],

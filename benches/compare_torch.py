@@ -620,10 +620,12 @@ def layer_breakdown(inp: LayerInputs, repeat: int) -> dict[str, float]:
 
     def one_pass():  # its tensors are freed on return, as the whole layer's are between calls
         x = leaf(inp.x)
-        logits = timed("router linear fwd", lambda: layer.gate_logits(x))
+        # As the layer: the gate and permute's input rows, as one autograd node where the layer
+        # fuses them (see moeroute.torch._gate); otherwise the rows are x itself.
+        logits, _, _, rows = timed("router linear fwd", lambda: layer.router_logits(x))
         lg = leaf(logits.detach().float())
         plan = timed("route fwd", lambda: moeroute.route(lg, k))
-        xl = leaf(inp.x)
+        xl = leaf(rows.detach())
         # As the layer: one view of the permuted rows per matmul that reads them (see
         # MoE.forward), whose gradients permute's backward sums while gathering.
         uses = ffn.row_uses(xl.dtype, xl.device)
@@ -635,10 +637,15 @@ def layer_breakdown(inp: LayerInputs, repeat: int) -> dict[str, float]:
         g_yp, g_w = timed("combine bwd", lambda: torch.autograd.grad(y, (ypl, wl), gy))
         g_xps = timed("experts bwd", lambda: torch.autograd.grad(
             yp, (*xpl, ffn.w_gate, ffn.w_up, ffn.w_down), g_yp)[:uses])
-        timed("permute bwd", lambda: torch.autograd.grad(xps, xl, g_xps))
+        (g_rows,) = timed("permute bwd", lambda: torch.autograd.grad(xps, xl, g_xps))
         g_logits = timed("route bwd", lambda: torch.autograd.grad(plan.weights, lg, g_w)[0])
-        timed("router linear bwd", lambda: torch.autograd.grad(
-            logits, (x, layer.router.weight), g_logits.to(logits.dtype)))
+        g_logits = g_logits.to(logits.dtype)
+        if rows is x:  # autograd adds the two gradients of x
+            timed("router linear bwd", lambda: torch.autograd.grad(
+                logits, (x, layer.router.weight), g_logits)[0] + g_rows)
+        else:  # the fused node adds permute's gradient itself
+            timed("router linear bwd", lambda: torch.autograd.grad(
+                (logits, rows), (x, layer.router.weight), (g_logits, g_rows)))
 
     one_pass()  # warm-up
     stages.clear()

@@ -177,3 +177,43 @@ def test_training_loss_falls():
         opt.step()
         losses.append(loss.item())
     assert losses[-1] < 0.5 * losses[0]
+
+
+def test_fused_gate_backward_matches_autograd():
+    # The router gate and permute's rows as one node: gradcheck in float64 for each output used
+    # alone, both, and a non-contiguous rows gradient (each output is consumed by an op that hands
+    # the node a fresh gradient, as permute does in MoE).
+    from moeroute.torch._gate import gate_and_rows
+    torch.manual_seed(5)
+    tokens = torch.randn(6, 5, dtype=torch.float64, requires_grad=True)
+    weight = torch.randn(3, 5, dtype=torch.float64, requires_grad=True)
+    uses = {
+        "both": lambda t, w: (lambda lg, rows: (lg * 1.5, rows * 2.0))(*gate_and_rows(t, w)),
+        "logits only": lambda t, w: gate_and_rows(t, w)[0] * 1.5,
+        "rows only": lambda t, w: gate_and_rows(t, w)[1] * 2.0,
+        "rows transposed": lambda t, w: (lambda lg, rows: (lg * 1.5, rows.t() * 2.0))(*gate_and_rows(t, w)),
+    }
+    for name, fn in uses.items():
+        assert torch.autograd.gradcheck(fn, (tokens, weight)), name
+    logits, rows = gate_and_rows(tokens, weight)
+    assert type(logits.grad_fn).__name__ == "_GateAndRowsBackward"
+    with torch.no_grad():  # nothing to record: the plain ops
+        logits, rows = gate_and_rows(tokens, weight)
+        assert rows is tokens
+
+
+def test_layer_uses_the_fused_gate_only_for_a_plain_linear_router():
+    torch.manual_seed(6)
+    layer = MoE(8, 4, 2, ffn_size=12)
+    hooked = copy.deepcopy(layer)
+    calls = []
+    hooked.router.register_forward_hook(lambda module, args, out: calls.append(1))
+    x = torch.randn(20, 8)
+    grads = []
+    for model in (layer, hooked):
+        xx = x.clone().requires_grad_(True)
+        y = model(xx)
+        grads.append(torch.autograd.grad(y.square().sum(), (xx, *model.parameters())))
+    assert calls == [1]  # the hooked router ran as a module (not fused), once
+    for fused, plain in zip(*grads):
+        torch.testing.assert_close(fused, plain)

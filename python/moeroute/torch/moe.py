@@ -15,6 +15,7 @@ from .. import losses as _losses
 from ..errors import ArgumentError
 from ..ops import expert_choice, route
 from .experts import ModuleExperts, StackedFFN, matmul_dtype
+from ._gate import gate_and_rows
 from ._ops import combine as _combine_op, permute_shared
 
 
@@ -126,24 +127,36 @@ class MoE(nn.Module):
         return F.linear(tokens.to(compute), self.router.weight.to(compute))
 
     def router_logits(self, tokens: torch.Tensor):
-        """(logits used for routing, clean logits, noise std or None)."""
+        """(logits used for routing, clean logits, noise std or None, the tokens for permute)."""
         router_in = tokens
         if self.training and self.jitter > 0:
             router_in = tokens * torch.empty_like(tokens).uniform_(1.0 - self.jitter, 1.0 + self.jitter)
-        clean = self.gate_logits(router_in)
+        if router_in is tokens and self._router_is_plain_linear(tokens):
+            # One autograd node for the gate and permute's input (see _gate.gate_and_rows).
+            clean, rows = gate_and_rows(tokens, self.router.weight)
+        else:
+            clean, rows = self.gate_logits(router_in), tokens
         if self.noise is None or not self.training:
-            return clean, clean, None
+            return clean, clean, None, rows
         noise_std = F.softplus(self.noise(router_in)) + 1e-2
-        return clean + torch.randn_like(clean) * noise_std, clean, noise_std
+        return clean + torch.randn_like(clean) * noise_std, clean, noise_std, rows
+
+    def _router_is_plain_linear(self, tokens: torch.Tensor) -> bool:
+        """Whether the gate is exactly F.linear(tokens, router.weight): a bias-free nn.Linear
+        without hooks, in the tokens' own matmul dtype."""
+        router = self.router
+        return (type(router) is nn.Linear and router.bias is None and not router._forward_hooks
+                and not router._forward_pre_hooks
+                and matmul_dtype(tokens.dtype, tokens.device) == tokens.dtype)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         shape = x.shape
         tokens = x.reshape(-1, self.hidden_size)
-        logits, clean, noise_std = self.router_logits(tokens)
+        logits, clean, noise_std, rows = self.router_logits(tokens)
         plan = self.plan(logits)
         row_uses = getattr(self.experts, "row_uses", None)
         uses = row_uses(tokens.dtype, tokens.device) if row_uses is not None else 1
-        xp, *more_uses = permute_shared(tokens, plan.src, plan.dest, uses)
+        xp, *more_uses = permute_shared(rows, plan.src, plan.dest, uses)
         yp = self.experts(xp, plan.expert_offsets, *more_uses)
         y = _combine_op(yp, plan.dest, plan.src, plan.weights)
         self._record(plan, clean, logits, noise_std)

@@ -1,0 +1,51 @@
+"""The router's linear gate and the token rows that permute reads, as one autograd node: its
+backward adds the gate's input gradient into permute's gradient with one BLAS accumulate
+(addmm_), instead of autograd adding the two [T, H] gradients of the tokens in a pass of its own."""
+
+from __future__ import annotations
+
+from typing import Tuple
+
+import torch
+import torch.nn.functional as F
+
+Tensor = torch.Tensor
+
+
+def gate_and_rows(tokens: Tensor, weight: Tensor) -> Tuple[Tensor, Tensor]:
+    """(F.linear(tokens, weight), tokens for permute to read). On CPU in eager mode with autograd
+    recording, both come from the fused node; otherwise they are exactly those two.
+
+    The second output must be read by permute alone (as MoE.forward does): the fused backward
+    accumulates into permute's gradient of it in place, which is safe only because that gradient
+    is a fresh tensor no one else holds."""
+    recording = torch.is_grad_enabled() and (tokens.requires_grad or weight.requires_grad)
+    if not recording or torch.compiler.is_compiling() or not tokens.is_cpu:
+        return F.linear(tokens, weight), tokens
+    return _GateAndRows.apply(tokens, weight)
+
+
+class _GateAndRows(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, tokens: Tensor, weight: Tensor) -> Tuple[Tensor, Tensor]:
+        ctx.save_for_backward(tokens, weight)
+        return F.linear(tokens, weight), tokens.view_as(tokens)
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, grad_logits, grad_rows):
+        tokens, weight = ctx.saved_tensors
+        need_tokens, need_weight = ctx.needs_input_grad
+        grad_tokens = grad_weight = None
+        if need_weight and grad_logits is not None:
+            grad_weight = grad_logits.t().mm(tokens)
+        if need_tokens:
+            if grad_logits is None:
+                grad_tokens = grad_rows
+            elif grad_rows is None:
+                grad_tokens = grad_logits.mm(weight)
+            elif grad_rows.is_contiguous() and grad_rows.dtype == grad_logits.dtype:
+                grad_tokens = grad_rows.addmm_(grad_logits, weight)  # (see gate_and_rows)
+            else:
+                grad_tokens = torch.addmm(grad_rows, grad_logits, weight)
+        return grad_tokens, grad_weight

@@ -246,6 +246,8 @@ def test_torch_errors_name_the_argument():
         moeroute.combine(torch.zeros(4, 2), plan, [[1.0]] * 4)
     with pytest.raises(moeroute.ShapeError, match="weights"):
         moeroute.combine(torch.zeros(4, 2), plan, torch.ones(4, 2))
+    with pytest.raises(moeroute.DTypeError, match="weights"):
+        moeroute.combine_backward(torch.zeros(4, 2), torch.zeros(4, 2), plan, [[1.0]] * 4)
     with pytest.raises(moeroute.LogitsError, match="logits"):
         moeroute.route(torch.full((2, 3), float("nan")), 1)
     with pytest.raises(moeroute.DTypeError, match="bias"):

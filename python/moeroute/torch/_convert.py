@@ -31,8 +31,6 @@ def check_device(t: torch.Tensor, name: str) -> None:
 
 
 def check_same_device(t: torch.Tensor, name: str, other: torch.Tensor, other_name: str) -> None:
-    if not isinstance(t, torch.Tensor):
-        raise DTypeError(f"{name}: got {type(t).__name__}, expected a tensor")
     if not (t.is_cpu and other.is_cpu) and t.device != other.device:  # (device objects are slow)
         raise DTypeError(f"{name}: got a tensor on {t.device}, expected the device of {other_name} ({other.device})")
 

@@ -7,7 +7,7 @@ from typing import Optional
 
 import torch
 
-from ..errors import ShapeError
+from ..errors import DTypeError, ShapeError
 from ..plan import RoutingPlan
 from . import _ops
 from ._convert import activation_name, check_device, check_same_device
@@ -62,11 +62,19 @@ def combine(yp: torch.Tensor, plan: RoutingPlan, weights: Optional[torch.Tensor]
     check_activation(yp, "yp")
     check_same_device(yp, "yp", plan.dest, "plan")
     _expect_rows("yp", yp, plan.num_rows, "R = plan.num_rows")
-    w = plan.weights if weights is None else weights
-    check_same_device(w, "weights", plan.dest, "plan")
-    if w.shape != plan.expert_ids.shape:
-        raise ShapeError(f"weights: got shape {list(w.shape)}, expected {list(plan.expert_ids.shape)} (T, S)")
-    return _ops.call(_ops.combine, _ops.combine_impl, yp, plan.dest, plan.src, w)
+    return _ops.call(_ops.combine, _ops.combine_impl, yp, plan.dest, plan.src, _weights(weights, plan))
+
+
+def _weights(weights: Optional[torch.Tensor], plan: RoutingPlan) -> torch.Tensor:
+    """The combine weights: the plan's own, or checked (T, S) weights on the plan's device."""
+    if weights is None:
+        return plan.weights
+    if not isinstance(weights, torch.Tensor):
+        raise DTypeError(f"weights: got {type(weights).__name__}, expected a tensor (or None: the plan's)")
+    check_same_device(weights, "weights", plan.dest, "plan")
+    if weights.shape != plan.expert_ids.shape:
+        raise ShapeError(f"weights: got shape {list(weights.shape)}, expected {list(plan.expert_ids.shape)} (T, S)")
+    return weights
 
 
 def permute_backward(grad_xp: torch.Tensor, plan: RoutingPlan) -> torch.Tensor:
@@ -84,7 +92,7 @@ def combine_backward(grad_y: torch.Tensor, yp: torch.Tensor, plan: RoutingPlan,
     check_same_device(grad_y, "grad_y", plan.dest, "plan")
     _expect_rows("yp", yp, plan.num_rows, "R = plan.num_rows")
     _expect_rows("grad_y", grad_y, plan.num_tokens, "T = plan.num_tokens")
-    w = plan.weights if weights is None else weights
+    w = _weights(weights, plan)
     return _ops.call(_ops.combine_backward, _ops.combine_backward_impl, grad_y, yp, plan.dest, plan.src, w.detach())
 
 

@@ -200,6 +200,9 @@ def test_fused_gate_backward_matches_autograd():
     with torch.no_grad():  # nothing to record: the plain ops
         logits, rows = gate_and_rows(tokens, weight)
         assert rows is tokens
+    # Tokens without a gradient: plain ops, so that permute's rows need no gradient either.
+    logits, rows = gate_and_rows(tokens.detach(), weight)
+    assert logits.requires_grad and not rows.requires_grad
 
 
 def test_layer_uses_the_fused_gate_only_for_a_plain_linear_router():
@@ -209,11 +212,12 @@ def test_layer_uses_the_fused_gate_only_for_a_plain_linear_router():
     calls = []
     hooked.router.register_forward_hook(lambda module, args, out: calls.append(1))
     x = torch.randn(20, 8)
-    grads = []
-    for model in (layer, hooked):
-        xx = x.clone().requires_grad_(True)
-        y = model(xx)
-        grads.append(torch.autograd.grad(y.square().sum(), (xx, *model.parameters())))
-    assert calls == [1]  # the hooked router ran as a module (not fused), once
-    for fused, plain in zip(*grads):
-        torch.testing.assert_close(fused, plain)
+    for x_grad in (True, False):
+        grads = []
+        for model in (layer, hooked):
+            xx = x.clone().requires_grad_(x_grad)
+            y = model(xx)
+            grads.append(torch.autograd.grad(y.square().sum(), ((xx,) if x_grad else ()) + tuple(model.parameters())))
+        for fused, plain in zip(*grads):
+            torch.testing.assert_close(fused, plain)
+    assert calls == [1, 1]  # the hooked router ran as a module (not fused), once per forward

@@ -13,14 +13,16 @@ Tensor = torch.Tensor
 
 
 def gate_and_rows(tokens: Tensor, weight: Tensor) -> Tuple[Tensor, Tensor]:
-    """(F.linear(tokens, weight), tokens for permute to read). On CPU in eager mode with autograd
-    recording, both come from the fused node; otherwise they are exactly those two.
+    """(F.linear(tokens, weight), tokens for permute to read). On CPU in eager mode when autograd
+    wants the tokens' gradient, both come from the fused node; otherwise they are exactly those
+    two (with tokens that need no gradient, the rows must not need one either: permute's and the
+    experts' input gradients would be computed for nothing).
 
     The second output must be read by permute alone (as MoE.forward does): the fused backward
     accumulates into permute's gradient of it in place, which is safe only because that gradient
     is a fresh tensor no one else holds."""
-    recording = torch.is_grad_enabled() and (tokens.requires_grad or weight.requires_grad)
-    if not recording or torch.compiler.is_compiling() or not tokens.is_cpu:
+    fuse = torch.is_grad_enabled() and tokens.requires_grad and tokens.is_cpu
+    if not fuse or torch.compiler.is_compiling():
         return F.linear(tokens, weight), tokens
     return _GateAndRows.apply(tokens, weight)
 

@@ -29,9 +29,11 @@ def route(logits: torch.Tensor, options: tuple) -> RoutingPlan:
     """The plan of checked route options (see moeroute.ops._route_options) for tensor logits."""
     (k, score, normalize, scale, bias, num_groups, topk_groups, capacity, capacity_factor,
      min_capacity, capacity_multiple, priority, pad_to) = options
-    if isinstance(bias, torch.Tensor):
+    if bias is None:
+        pass
+    elif isinstance(bias, torch.Tensor):
         check_same_device(bias, "bias", logits, "logits")
-    elif bias is not None:
+    else:
         options = options[:4] + (torch.as_tensor(bias, dtype=torch.float64),) + options[5:]
     outputs = _ops.call(_ops.route, _ops.route_eager_impl, logits, *options)
     dropless = capacity is None and capacity_factor is None

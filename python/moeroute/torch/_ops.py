@@ -10,15 +10,13 @@ import numpy as np
 import torch
 
 from .. import _core
-from ..plan import CORE_FIELDS
 from . import _cuda
 from ._convert import accumulation_dtype, from_storage, index_array, to_storage
 
 Tensor = torch.Tensor
+# The plan ops' outputs, in moeroute.plan.CORE_FIELDS order (float outputs first: torch's opcheck
+# sums a custom op's outputs in order into one accumulator).
 PlanTensors = Tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]
-# The plan ops' outputs, in the core's order (float outputs first: torch's opcheck sums outputs in
-# order into one accumulator).
-PLAN_FIELDS = CORE_FIELDS
 
 
 def call(op, impl, *args):

@@ -15,7 +15,7 @@ def buffer_cache_info() -> Tuple[int, int]: ...
 class PooledBuffer: ...
 
 # A plan as route / expert_choice return it: weights, probs, expert_ids, dest, src, expert_offsets,
-# tokens_per_expert, assigned_per_expert (moeroute.plan.CORE_FIELDS), then the capacity or None.
+# tokens_per_expert, assigned_per_expert (moeroute.plan.ARRAY_FIELDS), then the capacity or None.
 PlanTuple = Tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray,
                   np.ndarray, Optional[int]]
 def route(

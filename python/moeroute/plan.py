@@ -13,13 +13,10 @@ from .errors import DTypeError, PlanError, ShapeError
 
 _INDEX_FIELDS = {"expert_ids": np.int32, "dest": np.int32, "src": np.int32}
 _COUNT_FIELDS = {"expert_offsets": np.int64, "tokens_per_expert": np.int64, "assigned_per_expert": np.int64}
-_FLOAT_FIELDS = ("weights", "probs")
-ARRAY_FIELDS = ("expert_ids", "weights", "probs", "dest", "src", "expert_offsets",
-                "tokens_per_expert", "assigned_per_expert")
-# The order the core returns a plan's arrays in (float arrays first: torch's opcheck sums a custom
-# op's outputs in order into one accumulator).
-CORE_FIELDS = ("weights", "probs", "expert_ids", "dest", "src", "expert_offsets", "tokens_per_expert",
-               "assigned_per_expert")
+# The plan's arrays, in the order the core returns them (float arrays first: torch's opcheck sums
+# a custom op's outputs in order into one accumulator).
+ARRAY_FIELDS = ("weights", "probs", "expert_ids", "dest", "src", "expert_offsets", "tokens_per_expert",
+                "assigned_per_expert")
 SCORES = ("softmax", "sigmoid")
 NORMALIZATIONS = ("none", "topk", "kept")
 
@@ -78,12 +75,12 @@ class RoutingPlan:
         )
         for array in converted.values():
             array.flags.writeable = False
-        _fill(self, [converted[name] for name in CORE_FIELDS], capacity, choice(score, "score", SCORES),
+        _fill(self, [converted[name] for name in ARRAY_FIELDS], capacity, choice(score, "score", SCORES),
               choice(normalize, "normalize", NORMALIZATIONS), real(scale, "scale"))
 
     @classmethod
     def _from_core(cls, fields: Tuple[Any, ...], score: str, normalize: str, scale: float) -> "RoutingPlan":
-        """Wraps what the core's route / expert_choice return (the arrays in CORE_FIELDS order, then
+        """Wraps what the core's route / expert_choice return (the arrays in ARRAY_FIELDS order, then
         the capacity), already consistent, so not re-validated; the arrays are made read-only."""
         arrays = fields[:8]
         for array in arrays:
@@ -93,7 +90,7 @@ class RoutingPlan:
     @classmethod
     def _of(cls, arrays: Iterable[Any], capacity: Optional[int], score: str, normalize: str,
             scale: float) -> "RoutingPlan":
-        """A plan of these fields, in CORE_FIELDS order, as they are (already consistent: not
+        """A plan of these fields, in ARRAY_FIELDS order, as they are (already consistent: not
         re-validated)."""
         plan = object.__new__(cls)
         _fill(plan, arrays, capacity, score, normalize, scale)
@@ -171,9 +168,9 @@ class RoutingPlan:
             return cls.from_dict({name: data[name] for name in data.files})
 
 
-# Each slot's setter, in CORE_FIELDS order then capacity, score, normalize, scale.
+# Each slot's setter, in ARRAY_FIELDS order then capacity, score, normalize, scale.
 _SETTERS = tuple(getattr(RoutingPlan, name).__set__
-                 for name in CORE_FIELDS + ("capacity", "score", "normalize", "scale"))
+                 for name in ARRAY_FIELDS + ("capacity", "score", "normalize", "scale"))
 
 
 def _fill(plan: RoutingPlan, arrays: Iterable[Any], capacity: Optional[int], score: str, normalize: str,

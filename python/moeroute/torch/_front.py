@@ -21,31 +21,26 @@ def check_activation(t: torch.Tensor, name: str, ndim: int = 2) -> None:
         raise ShapeError(f"{name}: got shape {list(t.shape)}, expected a {ndim}-D tensor [{dims}]")
 
 
-def _plan(outputs, capacity: Optional[int], score: str, normalize: str, scale: float) -> RoutingPlan:
-    return RoutingPlan._of(outputs, capacity, score, normalize, scale)
-
-
 def route(logits: torch.Tensor, options: tuple) -> RoutingPlan:
     """The plan of checked route options (see moeroute.ops._route_options) for tensor logits."""
     (k, score, normalize, scale, bias, num_groups, topk_groups, capacity, capacity_factor,
      min_capacity, capacity_multiple, priority, pad_to) = options
-    if bias is None:
-        pass
-    elif isinstance(bias, torch.Tensor):
-        check_same_device(bias, "bias", logits, "logits")
-    else:
-        options = options[:4] + (torch.as_tensor(bias, dtype=torch.float64),) + options[5:]
+    if bias is not None:  # (tested first: isinstance(Tensor) is slow, even for None)
+        if isinstance(bias, torch.Tensor):
+            check_same_device(bias, "bias", logits, "logits")
+        else:
+            options = options[:4] + (torch.as_tensor(bias, dtype=torch.float64),) + options[5:]
     outputs = _ops.call(_ops.route, _ops.route_eager_impl, logits, *options)
     dropless = capacity is None and capacity_factor is None
     # The capacity layout has E segments of C rows.
     resolved = None if dropless else outputs[4].shape[0] // max(logits.shape[1], 1)
-    return _plan(outputs, resolved, score, normalize, scale)
+    return RoutingPlan._of(outputs, resolved, score, normalize, scale)
 
 
 def expert_choice(logits: torch.Tensor, capacity: Optional[int], capacity_factor: float) -> RoutingPlan:
     check_activation(logits, "logits")
     outputs = _ops.call(_ops.expert_choice, _ops.expert_choice_impl, logits, capacity, capacity_factor)
-    return _plan(outputs, int(outputs[4].shape[0]) // max(int(logits.shape[1]), 1), "softmax", "none", 1.0)
+    return RoutingPlan._of(outputs, int(outputs[4].shape[0]) // max(int(logits.shape[1]), 1), "softmax", "none", 1.0)
 
 
 def _expect_rows(name: str, t: torch.Tensor, rows: int, what: str) -> None:

@@ -14,7 +14,7 @@ from . import _cuda
 from ._convert import accumulation_dtype, from_storage, index_array, to_storage
 
 Tensor = torch.Tensor
-# The plan ops' outputs, in moeroute.plan.CORE_FIELDS order (float outputs first: torch's opcheck
+# The plan ops' outputs, in moeroute.plan.ARRAY_FIELDS order (float outputs first: torch's opcheck
 # sums a custom op's outputs in order into one accumulator).
 PlanTensors = Tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]
 

@@ -4,18 +4,16 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import platform
-import statistics
 import sys
-import time
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any
 
 import ml_dtypes
 import numpy as np
 
+import harness
 import moeroute
+from harness import Formulation, distinct_logits, normal
 
 try:
     import torch
@@ -44,40 +42,6 @@ RESULT_FIELDS = {
 }
 
 
-# -------------------------------------------------------------------------------------- timing
-
-@dataclass
-class Formulation:
-    """One way to compute an op: `run(*setup())`, of which only `run` is timed."""
-
-    name: str
-    run: Callable[..., Any]
-    setup: Callable[[], tuple] = tuple
-
-
-@dataclass
-class Timing:
-    median_ms: float
-    samples_ms: list[float]
-
-
-def measure(f: Formulation, repeat: int) -> Timing:
-    """Median wall time of f.run over `repeat` calls after one warm-up call.
-
-    The result is kept alive until the clock stops: allocating it is timed, freeing it is not.
-    """
-    samples = []
-    for i in range(repeat + 1):
-        args = f.setup()
-        start = time.perf_counter()
-        result = f.run(*args)
-        elapsed_ms = (time.perf_counter() - start) * 1e3
-        del result
-        if i > 0:
-            samples.append(elapsed_ms)
-    return Timing(statistics.median(samples), samples)
-
-
 # -------------------------------------------------------------------------------------- inputs
 
 @dataclass
@@ -94,32 +58,17 @@ class Inputs:
     top_k: int
 
 
-def distinct_logits(rng: np.random.Generator, tokens: int, experts: int,
-                    dtype: np.dtype) -> np.ndarray:
-    """Router logits whose rows are random permutations of E distinct values (i - E/2) / 16.
-
-    They are exact in bfloat16 for E <= 512, so no row has ties: top-k is unambiguous and
-    torch.topk's unspecified tie order cannot cause a false disagreement.
-    """
-    grid = np.tile(np.arange(experts, dtype=np.float32) - experts // 2, (tokens, 1))
-    return (rng.permuted(grid, axis=1) / 16).astype(dtype)
-
-
 def make_inputs(args: argparse.Namespace, dtype: np.dtype, seed: int = 0) -> Inputs:
     rng = np.random.default_rng(seed)
     rows = args.tokens * args.top_k
-
-    def normal(*shape: int) -> np.ndarray:
-        return rng.standard_normal(shape, dtype=np.float32).astype(dtype)
-
     logits = distinct_logits(rng, args.tokens, args.experts, dtype)
     return Inputs(
         logits=logits,
-        x=normal(args.tokens, args.hidden),
-        yp=normal(rows, args.hidden),
-        grad_xp=normal(rows, args.hidden),
-        grad_y=normal(args.tokens, args.hidden),
-        grad_weights=rng.standard_normal((args.tokens, args.top_k), dtype=np.float32),
+        x=normal(rng, args.tokens, args.hidden, dtype=dtype),
+        yp=normal(rng, rows, args.hidden, dtype=dtype),
+        grad_xp=normal(rng, rows, args.hidden, dtype=dtype),
+        grad_y=normal(rng, args.tokens, args.hidden, dtype=dtype),
+        grad_weights=normal(rng, args.tokens, args.top_k),
         plan=moeroute.route(logits, args.top_k),
         top_k=args.top_k,
     )
@@ -282,31 +231,19 @@ def result_arrays(op: str, result: Any) -> tuple:
     return result if isinstance(result, tuple) else (result,)
 
 
-def as_float64(a: Any) -> tuple[np.ndarray, str | None]:
-    """A float64 NumPy copy of an array or tensor, and its dtype name if floating point."""
-    if torch is not None and isinstance(a, torch.Tensor):
-        name = str(a.dtype).replace("torch.", "") if a.is_floating_point() else None
-        return a.detach().double().numpy(), name
-    is_float = a.dtype.name in RTOL or a.dtype.kind == "f"
-    return a.astype(np.float64), (a.dtype.name if is_float else None)
+def float_dtype(a: Any) -> str | None:
+    """The dtype name of a floating-point array or tensor, None for integers."""
+    if harness.is_tensor(a):
+        return str(a.dtype).replace("torch.", "") if a.is_floating_point() else None
+    return a.dtype.name if a.dtype.name in RTOL or a.dtype.kind == "f" else None
 
 
 def field_mismatch(ours: Any, theirs: Any) -> str | None:
-    """None if two results agree (floats to RTOL, integers exactly), else a one-line summary."""
-    (got, got_dtype), (want, want_dtype) = as_float64(ours), as_float64(theirs)
-    if got.size != want.size:
-        return f"shape {got.shape} vs torch {want.shape}"
-    want = want.reshape(got.shape)
-    floats = [d for d in (got_dtype, want_dtype) if d is not None]
+    """None if two results agree (floats to RTOL of the coarser dtype, see harness.compare;
+    integers exactly), else a one-line summary."""
+    floats = [d for d in (float_dtype(ours), float_dtype(theirs)) if d is not None]
     rtol = max((RTOL.get(d, RTOL["float32"]) for d in floats), default=0.0)
-    atol = rtol * float(np.sqrt(np.mean(np.square(want)))) if want.size else 0.0
-    bad = ~np.isclose(got, want, rtol=rtol, atol=atol)
-    if not bad.any():
-        return None
-    first = np.unravel_index(np.argmax(bad), bad.shape)
-    return (f"{bad.sum()} of {bad.size} elements differ (max |diff| "
-            f"{np.abs(got - want).max():.3g}, rtol {rtol:g}, atol {atol:.3g}); first at "
-            f"{tuple(map(int, first))}: moeroute {got[first]:.6g} vs torch {want[first]:.6g}")
+    return harness.compare(ours, theirs, rtol)["mismatch"]
 
 
 def disagreement(op: str, ours: Any, theirs: Any) -> str | None:
@@ -318,8 +255,10 @@ def disagreement(op: str, ours: Any, theirs: Any) -> str | None:
 
 # ------------------------------------------------------------------------------------ running
 
-def timing_entry(timing: Timing) -> dict:
-    return {"median_ms": timing.median_ms, "samples_ms": timing.samples_ms}
+def timed_alone(f: Formulation, repeat: int) -> dict:
+    """Median wall time (ms) of f alone over `repeat` calls after one warm-up call, and the
+    samples (see harness.run_once: allocating the result is timed, freeing it is not)."""
+    return harness.timing_entry(harness.measure_alone(f, repeat))
 
 
 def compare_with_torch(op: str, ours_result: Any, ours_ms: float, candidates: list[Formulation],
@@ -328,7 +267,7 @@ def compare_with_torch(op: str, ours_result: Any, ours_ms: float, candidates: li
     timed = {}
     for f in candidates:
         mismatch = disagreement(op, ours_result, f.run(*f.setup()))
-        timed[f.name] = {**timing_entry(measure(f, repeat)), "mismatch": mismatch}
+        timed[f.name] = {**timed_alone(f, repeat), "mismatch": mismatch}
     best = min(timed, key=lambda name: timed[name]["median_ms"])
     entry = {"impl": best, "median_ms": timed[best]["median_ms"],
              "speedup": timed[best]["median_ms"] / ours_ms, "candidates": timed}
@@ -339,20 +278,20 @@ def compare_with_torch(op: str, ours_result: Any, ours_ms: float, candidates: li
 
 def bench_dtype(args: argparse.Namespace, dtype_name: str) -> dict:
     inp = make_inputs(args, DTYPES[dtype_name])
-    floor = measure(copy_floor(inp), args.repeat)
+    floor = timed_alone(copy_floor(inp), args.repeat)
     baselines = torch_formulations(TorchInputs.from_inputs(inp)) if torch is not None else {}
     ops = {}
     for op, f in moeroute_formulations(inp).items():
-        timing = measure(f, args.repeat)
-        entry = {**timing_entry(timing), "floor_ratio": timing.median_ms / floor.median_ms}
+        entry = timed_alone(f, args.repeat)
+        entry["floor_ratio"] = entry["median_ms"] / floor["median_ms"]
         if op in FLOOR_TARGETS:
             entry.update(floor_target=FLOOR_TARGETS[op],
                          floor_passed=entry["floor_ratio"] <= FLOOR_TARGETS[op])
         if baselines:
-            entry["torch"] = compare_with_torch(op, f.run(), timing.median_ms, baselines[op],
+            entry["torch"] = compare_with_torch(op, f.run(), entry["median_ms"], baselines[op],
                                                 args.repeat)
         ops[op] = entry
-    return {"dtype": dtype_name, "floor": timing_entry(floor), "ops": ops}
+    return {"dtype": dtype_name, "floor": floor, "ops": ops}
 
 
 # ---------------------------------------------------------------------------------- reporting
@@ -386,35 +325,17 @@ def table_rows(result: dict) -> list[tuple[str, ...]]:
     return rows
 
 
-def print_table(rows: list[tuple[str, ...]]) -> None:
-    widths = [max(len(row[i]) for row in [COLUMNS, *rows]) for i in range(len(COLUMNS))]
-    for row in [COLUMNS, tuple("-" * w for w in widths), *rows]:
-        print("  ".join(cell.ljust(w) for cell, w in zip(row, widths)).rstrip())
-
-
 def mismatches(results: list[dict]) -> list[str]:
     return [f"{r['dtype']} {op} vs torch {name}: {c['mismatch']}"
             for r in results for op, e in r["ops"].items()
             for name, c in e.get("torch", {}).get("candidates", {}).items() if c["mismatch"]]
 
 
-def cpu_model() -> str:
-    try:
-        with open("/proc/cpuinfo") as fh:
-            models = (line.split(":", 1)[1] for line in fh if line.startswith("model name"))
-            return next(models).strip()
-    except (OSError, StopIteration):
-        return platform.processor() or platform.machine()
-
-
 def environment(args: argparse.Namespace, threads: int) -> dict:
     return {
         "tokens": args.tokens, "hidden": args.hidden, "experts": args.experts,
         "top_k": args.top_k, "rows": args.tokens * args.top_k, "repeat": args.repeat,
-        "threads": threads, "cpu_count": os.cpu_count(), "cpu": cpu_model(),
-        "platform": platform.platform(), "python": platform.python_version(),
-        "numpy": np.__version__, "torch": torch.__version__ if torch is not None else None,
-        "moeroute": getattr(moeroute, "__version__", None),
+        **harness.environment(threads),
     }
 
 
@@ -458,7 +379,7 @@ def main(argv: list[str] | None = None) -> int:
     print_header(env)
 
     results = [bench_dtype(args, dtype) for dtype in args.dtypes]
-    print_table([row for result in results for row in table_rows(result)])
+    harness.print_table(COLUMNS, [row for result in results for row in table_rows(result)])
     print("\nx floor = moeroute ms / copy-floor ms; torch/ours = fastest torch-eager ms / "
           "moeroute ms; torch route_backward times the backward call only.")
 

@@ -13,7 +13,7 @@ import torch
 import torch.nn.functional as F
 
 import moeroute
-from compare_torch import print_table  # benches/compare_torch.py, beside this script
+from harness import distinct_logits, print_table
 
 DEVICE = "cuda"
 CONFIGS = ((64, 2), (256, 8))  # (E, k)
@@ -57,15 +57,8 @@ class Shared:
     grad_y: torch.Tensor  # [T, H]
 
 
-def distinct_logits(tokens: int, experts: int, gen: torch.Generator) -> torch.Tensor:
-    """[T, E] float32 rows that are random permutations of the distinct values (i - E/2) / 16: no
-    ties, so torch.topk's unspecified tie order cannot disagree with moeroute."""
-    grid = (torch.arange(experts, dtype=torch.float32, device=DEVICE) - experts // 2) / 16
-    return grid[torch.rand(tokens, experts, device=DEVICE, generator=gen).argsort(dim=1)]
-
-
 def make_set(tokens: int, experts: int, k: int, gen: torch.Generator) -> InputSet:
-    logits = distinct_logits(tokens, experts, gen)
+    logits = distinct_logits(gen, tokens, experts)  # on the generator's device
     plan = moeroute.route(logits, k)
     dest = plan.dest.flatten().long()
     order = torch.empty_like(dest)

@@ -2,6 +2,8 @@
 
 use half::{bf16, f16};
 
+use crate::error::{Error, Result};
+
 /// A float type that kernels compute and accumulate in: f32 (for f32 and the half types) or f64.
 pub trait Accum:
     Copy
@@ -21,8 +23,6 @@ pub trait Accum:
     const ONE: Self;
     const INFINITY: Self;
     const NEG_INFINITY: Self;
-    /// exp(x), accurate to a few ulp, vectorizable for f32.
-    fn exp(self) -> Self;
     fn is_nan(self) -> bool;
     /// The larger of two non-NaN values.
     #[inline(always)]
@@ -43,10 +43,6 @@ impl Accum for f32 {
     const INFINITY: Self = f32::INFINITY;
     const NEG_INFINITY: Self = f32::NEG_INFINITY;
     #[inline(always)]
-    fn exp(self) -> Self {
-        crate::cpu::fast_math::exp_f32(self)
-    }
-    #[inline(always)]
     fn is_nan(self) -> bool {
         f32::is_nan(self)
     }
@@ -65,10 +61,6 @@ impl Accum for f64 {
     const ONE: Self = 1.0;
     const INFINITY: Self = f64::INFINITY;
     const NEG_INFINITY: Self = f64::NEG_INFINITY;
-    #[inline(always)]
-    fn exp(self) -> Self {
-        f64::exp(self)
-    }
     #[inline(always)]
     fn is_nan(self) -> bool {
         f64::is_nan(self)
@@ -154,6 +146,7 @@ pub enum DType {
 }
 
 impl DType {
+    /// The dtype called `name` ("float32", "float64", "float16" or "bfloat16").
     pub fn parse(name: &str) -> Option<Self> {
         match name {
             "float32" => Some(Self::F32),
@@ -171,11 +164,85 @@ impl DType {
             Self::BF16 => "bfloat16",
         }
     }
+
+    /// The dtype called `name`, given for the argument `arg`; a DType error naming `arg` for any
+    /// other name. Every binding parses its dtype names with this.
+    pub fn parse_arg(name: &str, arg: &'static str) -> Result<Self> {
+        Self::parse(name).ok_or_else(|| Error::DType {
+            arg,
+            got: name.to_string(),
+            expected: "float32, float64, float16 or bfloat16".into(),
+        })
+    }
+
+    /// `parse_arg` for an array of accumulated values (weights, probs and their gradients): only
+    /// float32 and float64 are accepted.
+    pub fn parse_accum(name: &str, arg: &'static str) -> Result<Self> {
+        Self::parse(name).filter(|dtype| dtype.is_accum()).ok_or_else(|| Error::DType {
+            arg,
+            got: name.to_string(),
+            expected: "float32 or float64".into(),
+        })
+    }
+
+    /// This dtype if it is an accumulation dtype, else `parse_accum`'s error naming `arg`.
+    pub fn check_accum(self, arg: &'static str) -> Result<Self> {
+        Self::parse_accum(self.name(), arg)
+    }
+
+    /// Whether this is an accumulation dtype (float32 or float64), the dtype of weights and probs.
+    pub fn is_accum(self) -> bool {
+        matches!(self, Self::F32 | Self::F64)
+    }
+
+    /// The short name kernels are suffixed with: "f32", "f64", "f16" or "bf16".
+    pub fn suffix(self) -> &'static str {
+        match self {
+            Self::F32 => "f32",
+            Self::F64 => "f64",
+            Self::F16 => "f16",
+            Self::BF16 => "bf16",
+        }
+    }
+
+    /// Bytes of one element.
+    pub fn elem_bytes(self) -> usize {
+        match self {
+            Self::F32 => 4,
+            Self::F64 => 8,
+            Self::F16 | Self::BF16 => 2,
+        }
+    }
+
+    /// Bytes of one element of the accumulation type (float64 for float64, else float32).
+    pub fn acc_bytes(self) -> usize {
+        if self == Self::F64 {
+            8
+        } else {
+            4
+        }
+    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn names_sizes_and_accumulation() {
+        for dtype in [DType::F32, DType::F64, DType::F16, DType::BF16] {
+            assert_eq!(DType::parse_arg(dtype.name(), "x"), Ok(dtype));
+            assert_eq!(DType::parse_accum(dtype.name(), "x").is_ok(), dtype.is_accum());
+        }
+        let suffixes = [DType::F32, DType::F64, DType::F16, DType::BF16].map(DType::suffix);
+        assert_eq!(suffixes, ["f32", "f64", "f16", "bf16"]);
+        assert_eq!((DType::BF16.elem_bytes(), DType::BF16.acc_bytes()), (2, 4));
+        assert_eq!((DType::F64.elem_bytes(), DType::F64.acc_bytes()), (8, 8));
+        let err = DType::parse_arg("int8", "logits").unwrap_err().to_string();
+        assert_eq!(err, "logits: got int8, expected float32, float64, float16 or bfloat16");
+        let err = DType::parse_accum("float16", "plan.probs").unwrap_err().to_string();
+        assert_eq!(err, "plan.probs: got float16, expected float32 or float64");
+    }
 
     #[test]
     fn bf16_rounding_matches_half() {

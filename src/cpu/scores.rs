@@ -1,6 +1,6 @@
 //! Score functions over one token's logits (softmax, sigmoid), with NaN / all -inf checks.
 
-use crate::cpu::fast_math::{sigmoid_f32, sigmoid_f64};
+use crate::cpu::fast_math::{exp_f32, sigmoid_f32, sigmoid_f64};
 use crate::dtype::{Accum, Activation};
 use crate::routing::ScoreFunction;
 
@@ -33,15 +33,25 @@ pub fn check_rows(outcomes: &[RowsOutcome]) -> crate::error::Result<()> {
 
 /// Scores of the accumulation type; implemented for f32 and f64.
 pub trait ScoreMath: Accum {
+    /// exp(x), accurate to a few ulp, vectorizable for f32.
+    fn exp(self) -> Self;
     fn sigmoid(self) -> Self;
 }
 impl ScoreMath for f32 {
+    #[inline(always)]
+    fn exp(self) -> Self {
+        exp_f32(self)
+    }
     #[inline(always)]
     fn sigmoid(self) -> Self {
         sigmoid_f32(self)
     }
 }
 impl ScoreMath for f64 {
+    #[inline(always)]
+    fn exp(self) -> Self {
+        f64::exp(self)
+    }
     #[inline(always)]
     fn sigmoid(self) -> Self {
         sigmoid_f64(self)

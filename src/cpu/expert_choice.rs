@@ -5,9 +5,8 @@ use crate::threads::{map_tasks, DisjointChunks};
 use crate::cpu::scores::{check_rows, score_row, RowsOutcome, ScoreMath};
 use crate::cpu::simd::{dispatch, Body};
 use crate::dtype::{Accum, Activation};
-use crate::error::{Error, Result};
-use crate::routing::capacity::{check_num_tokens, expert_choice_capacity, num_rows, Layout};
-use crate::routing::{Normalize, RoutingPlan, ScoreFunction};
+use crate::error::Result;
+use crate::routing::{expert_choice_layout, Normalize, RoutingPlan, ScoreFunction};
 
 /// Tokens per parallel task of the softmax; fixed so results do not depend on the thread count.
 const TOKENS_PER_TASK: usize = 256;
@@ -24,17 +23,8 @@ pub fn expert_choice<L: Activation>(
 where
     L::Acc: ScoreMath,
 {
-    if num_experts == 0 {
-        return Err(Error::Argument {
-            arg: "logits",
-            got: "0 experts".into(),
-            expected: "at least 1 expert (logits.shape[1] >= 1)".into(),
-        });
-    }
-    check_num_tokens(num_tokens)?;
+    let (c, rows) = expert_choice_layout(num_tokens, num_experts, capacity, capacity_factor)?;
     let (t_count, e_count) = (num_tokens, num_experts);
-    let c = expert_choice_capacity(capacity, capacity_factor, t_count, e_count)?;
-    let rows = num_rows(Layout::Capacity(c), t_count, e_count, e_count)?;
     let probs = softmax_rows(logits, t_count, e_count)?;
 
     // Each expert's chosen tokens, ascending (one task per expert).

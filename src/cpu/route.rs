@@ -9,8 +9,7 @@ use crate::cpu::scores::ScoreMath;
 use crate::cpu::token_plan::build_token_plan;
 use crate::dtype::{Accum, Activation};
 use crate::error::Result;
-use crate::routing::capacity::{check_num_tokens, num_rows, resolve_capacity, Layout};
-use crate::routing::{Normalize, RouteOptions, RoutingPlan};
+use crate::routing::{route_layout, Normalize, RouteOptions, RoutingPlan};
 
 /// Routes `logits` ([num_tokens, num_experts], row-major) to `options.top_k` experts per token.
 pub fn route<L: Activation>(
@@ -22,11 +21,8 @@ pub fn route<L: Activation>(
 where
     L::Acc: ScoreMath,
 {
-    options.check(num_experts)?;
-    check_num_tokens(num_tokens)?;
+    let (layout, rows) = route_layout(options, num_tokens, num_experts)?;
     let k = options.top_k;
-    let layout = resolve_capacity(&options.capacity, num_tokens, k, num_experts, options.pad_to)?;
-    let rows = num_rows(layout, num_tokens, k, num_experts)?;
     let bias: Option<Vec<L::Acc>> =
         options.bias.as_ref().map(|b| b.iter().map(|&v| <L::Acc as Accum>::from_f64(v)).collect());
     let spec = GateSpec { top_k: k, score: options.score, bias: bias.as_deref(), groups: options.groups };
@@ -66,10 +62,7 @@ where
         expert_offsets: plan.expert_offsets,
         tokens_per_expert: plan.tokens_per_expert,
         assigned_per_expert: plan.assigned_per_expert,
-        capacity: match layout {
-            Layout::Capacity(c) => Some(c),
-            Layout::Dropless { .. } => None,
-        },
+        capacity: layout.capacity(),
         score: options.score,
         normalize: options.normalize,
         scale: options.scale,

@@ -23,6 +23,10 @@ impl Args {
         self.slots.push(p);
         self
     }
+    /// A device pointer, or a null pointer for None (a kernel's optional input or output).
+    pub fn opt_ptr(self, p: Option<u64>) -> Self {
+        self.ptr(p.unwrap_or(0))
+    }
     pub fn i32(mut self, v: i32) -> Self {
         self.slots.push(v as u32 as u64);
         self

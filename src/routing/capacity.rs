@@ -1,6 +1,6 @@
 //! Capacity resolution and the permuted-buffer layout (rows per expert, total rows) it implies.
 
-use super::options::CapacityRequest;
+use super::options::{check_num_experts, CapacityRequest, RouteOptions};
 use crate::error::{Error, Result};
 
 /// The largest row count an int32 row index can address.
@@ -13,6 +13,16 @@ pub enum Layout {
     Capacity(usize),
     /// Every pick kept; each expert's segment rounded up to a multiple of `pad_to`.
     Dropless { pad_to: usize },
+}
+
+impl Layout {
+    /// The capacity of every expert, None when dropless.
+    pub fn capacity(self) -> Option<usize> {
+        match self {
+            Layout::Capacity(c) => Some(c),
+            Layout::Dropless { .. } => None,
+        }
+    }
 }
 
 fn overflow(arg: &'static str, what: &'static str, value: u128) -> Error {
@@ -71,8 +81,32 @@ pub fn num_rows(layout: Layout, num_tokens: usize, top_k: usize, num_experts: us
     Ok(rows as usize)
 }
 
+/// The layout and row count of a token-choice route of `num_tokens` tokens over `num_experts`
+/// experts, after checking every option: the shapes of its plan, whichever backend builds it.
+pub fn route_layout(options: &RouteOptions, num_tokens: usize, num_experts: usize) -> Result<(Layout, usize)> {
+    options.check(num_experts)?;
+    check_num_tokens(num_tokens)?;
+    let k = options.top_k;
+    let layout = resolve_capacity(&options.capacity, num_tokens, k, num_experts, options.pad_to)?;
+    let rows = num_rows(layout, num_tokens, k, num_experts)?;
+    Ok((layout, rows))
+}
+
+/// The capacity C and row count (E * C) of an expert choice, after checking its arguments.
+pub fn expert_choice_layout(
+    num_tokens: usize,
+    num_experts: usize,
+    capacity: Option<usize>,
+    capacity_factor: f64,
+) -> Result<(usize, usize)> {
+    check_num_experts(num_experts)?;
+    check_num_tokens(num_tokens)?;
+    let c = expert_choice_capacity(capacity, capacity_factor, num_tokens, num_experts)?;
+    Ok((c, num_rows(Layout::Capacity(c), num_tokens, num_experts, num_experts)?))
+}
+
 /// Expert-choice capacity: `capacity` or ceil(T * capacity_factor / E).
-pub fn expert_choice_capacity(
+fn expert_choice_capacity(
     capacity: Option<usize>,
     capacity_factor: f64,
     num_tokens: usize,
@@ -122,5 +156,22 @@ mod tests {
         assert_eq!(num_rows(Layout::Dropless { pad_to: 8 }, 10, 2, 4).unwrap(), 20 + 4 * 7);
         assert_eq!(num_rows(Layout::Capacity(5), 10, 2, 4).unwrap(), 20);
         assert!(num_rows(Layout::Capacity(1 << 30), 10, 2, 4).is_err());
+    }
+
+    #[test]
+    fn layouts_check_their_arguments() {
+        let mut options = RouteOptions::new(2);
+        assert_eq!(route_layout(&options, 10, 4).unwrap(), (Layout::Dropless { pad_to: 1 }, 20));
+        options.capacity.capacity_factor = Some(1.0);
+        assert_eq!(route_layout(&options, 10, 4).unwrap(), (Layout::Capacity(5), 20));
+        assert_eq!(Layout::Capacity(5).capacity(), Some(5));
+        assert_eq!(route_layout(&options, 10, 1).unwrap_err().to_string(),
+                   "k: got 2, expected an integer in [1, 1] (the number of experts)");
+        assert!(route_layout(&options, 10, 0).is_err());
+        assert_eq!(expert_choice_layout(10, 4, None, 1.0).unwrap(), (3, 12));
+        assert_eq!(expert_choice_layout(10, 4, Some(2), 1.0).unwrap(), (2, 8));
+        assert_eq!(expert_choice_layout(10, 0, None, 1.0).unwrap_err().to_string(),
+                   "logits: got 0 experts, expected at least 1 expert (logits.shape[1] >= 1)");
+        assert!(expert_choice_layout(10, 4, None, 0.0).is_err());
     }
 }

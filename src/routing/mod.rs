@@ -5,6 +5,6 @@ pub mod options;
 pub mod plan;
 pub mod validate;
 
-pub use capacity::{resolve_capacity, Layout};
+pub use capacity::{expert_choice_layout, route_layout, Layout};
 pub use options::{GroupLimit, Normalize, Priority, RouteOptions, ScoreFunction};
-pub use plan::RoutingPlan;
+pub use plan::{PlanFields, RoutingPlan, PLAN_FIELDS};

@@ -81,6 +81,20 @@ impl Priority {
     }
 }
 
+/// Checks that the logits have at least one expert (route and expert choice alike).
+pub fn check_num_experts(num_experts: usize) -> Result<()> {
+    let e = num_experts;
+    ensure_argument!(e >= 1, "logits", format!("{e} experts"), "at least 1 expert (logits.shape[1] >= 1)");
+    Ok(())
+}
+
+/// Checks that `k` picks per token are possible among `num_experts` experts: k in [1, E].
+pub fn check_top_k(k: usize, num_experts: usize) -> Result<()> {
+    let e = num_experts;
+    ensure_argument!(k >= 1 && k <= e, "k", k, format!("an integer in [1, {e}] (the number of experts)"));
+    Ok(())
+}
+
 /// Group-limited routing: experts split into `num_groups` equal groups, only the best
 /// `topk_groups` groups stay selectable.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -138,8 +152,8 @@ impl RouteOptions {
     /// Checks every option against `num_experts`.
     pub fn check(&self, num_experts: usize) -> Result<()> {
         let (k, e) = (self.top_k, num_experts);
-        ensure_argument!(e >= 1, "logits", format!("{e} experts"), "at least 1 expert (logits.shape[1] >= 1)");
-        ensure_argument!(k >= 1 && k <= e, "k", k, format!("an integer in [1, {e}] (the number of experts)"));
+        check_num_experts(e)?;
+        check_top_k(k, e)?;
         ensure_argument!(self.scale.is_finite(), "scale", self.scale, "a finite number");
         ensure_argument!(self.pad_to >= 1, "pad_to", self.pad_to, "an integer >= 1");
         if let Some(bias) = &self.bias {

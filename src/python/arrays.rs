@@ -73,28 +73,23 @@ macro_rules! with_activation {
 }
 pub(crate) use with_activation;
 
-/// Parses a dtype name passed by the Python front.
-pub fn dtype(name: &str, arg: &'static str) -> PyResult<DType> {
-    DType::parse(name).ok_or_else(|| {
-        Error::DType {
-            arg,
-            got: name.to_string(),
-            expected: "float32, float64, float16 or bfloat16".into(),
-        }
-        .into()
-    })
+/// The name of an argument's dtype ("float32", ...), or its type when it has no dtype.
+pub fn dtype_of(obj: &Bound<'_, PyAny>) -> String {
+    obj.getattr("dtype").map(|d| d.to_string()).unwrap_or_else(|_| obj.get_type().to_string())
+}
+
+/// The accumulation dtype (float32 or float64) of an array argument; a DType error naming `arg`
+/// for any other.
+pub fn accum_dtype(obj: &Bound<'_, PyAny>, arg: &'static str) -> PyResult<DType> {
+    Ok(DType::parse_accum(&dtype_of(obj), arg)?)
 }
 
 /// A read-only, C-contiguous input array of element type `T`.
 pub fn input<'py, T: Element>(obj: &Bound<'py, PyAny>, arg: &'static str) -> PyResult<PyReadonlyArrayDyn<'py, T>> {
     let array = obj.extract::<PyReadonlyArrayDyn<'py, T>>().map_err(|_| {
-        let got = obj
-            .getattr("dtype")
-            .map(|d| d.to_string())
-            .unwrap_or_else(|_| obj.get_type().to_string());
         PyErr::from(Error::DType {
             arg,
-            got: format!("dtype {got}"),
+            got: format!("dtype {}", dtype_of(obj)),
             expected: format!("a NumPy array of dtype {}", std::any::type_name::<T>()),
         })
     })?;

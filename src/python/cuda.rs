@@ -3,21 +3,18 @@
 
 use pyo3::prelude::*;
 
-use super::routing::route_options;
-use crate::cuda::{self, ops};
+use super::routing::RouteOptionsArg;
+use crate::cuda::combine::combine;
+use crate::cuda::combine_backward::combine_backward;
+use crate::cuda::expert_choice::{expert_choice, ExpertChoiceCall};
+use crate::cuda::permute::permute;
+use crate::cuda::permute_backward::permute_backward;
+use crate::cuda::route::{route, RouteCall};
+use crate::cuda::route_backward::{route_backward, RouteBackwardCall};
+use crate::cuda::workspace::{expert_choice_workspace, route_workspace};
+use crate::cuda::{self, PlanPointers, Rows};
 use crate::dtype::DType;
 use crate::routing::{Normalize, ScoreFunction};
-
-fn dtype(name: &str, arg: &'static str) -> PyResult<DType> {
-    DType::parse(name).ok_or_else(|| {
-        crate::Error::DType { arg, got: name.to_string(), expected: "float32, float64, float16 or bfloat16".into() }.into()
-    })
-}
-
-fn plan_pointers(out: [u64; 8]) -> ops::PlanPointers {
-    let [weights, probs, expert_ids, dest, src, expert_offsets, tokens_per_expert, assigned_per_expert] = out;
-    ops::PlanPointers { weights, probs, expert_ids, dest, src, expert_offsets, tokens_per_expert, assigned_per_expert }
-}
 
 /// Whether the NVIDIA driver can be loaded.
 #[pyfunction]
@@ -32,59 +29,55 @@ fn cuda_init(device: i32) -> PyResult<()> {
     Ok(())
 }
 
-/// Bytes of scratch memory route (k > 0) or expert choice (k = 0) needs.
+/// Bytes of scratch memory a route needs.
 #[pyfunction]
 #[pyo3(signature = (dtype_name, num_tokens, num_experts, k, num_groups))]
 fn cuda_route_workspace(dtype_name: &str, num_tokens: usize, num_experts: usize, k: usize, num_groups: Option<usize>) -> PyResult<usize> {
-    Ok(ops::route_workspace(dtype(dtype_name, "logits")?, num_tokens, num_experts, k, num_groups).bytes)
+    Ok(route_workspace(DType::parse_arg(dtype_name, "logits")?, num_tokens, num_experts, k, num_groups).bytes)
 }
 
+/// Bytes of scratch memory an expert choice needs.
 #[pyfunction]
-#[pyo3(signature = (device, stream, logits, dtype_name, num_tokens, num_experts, k, score, normalize, scale, bias,
-                    num_groups, topk_groups, capacity, capacity_factor, min_capacity, capacity_multiple, priority,
-                    pad_to, outputs, workspace, workspace_bytes))]
+fn cuda_expert_choice_workspace(dtype_name: &str, num_tokens: usize, num_experts: usize) -> PyResult<usize> {
+    Ok(expert_choice_workspace(DType::parse_arg(dtype_name, "logits")?, num_tokens, num_experts).bytes)
+}
+
+/// Routes the logits at `logits_ptr` into the plan arrays at `outputs` (in `PLAN_FIELDS` order).
+#[pyfunction]
+#[pyo3(signature = (device, stream, logits_ptr, dtype_name, num_tokens, num_experts, options, bias_ptr, outputs,
+                    workspace, workspace_bytes))]
 #[allow(clippy::too_many_arguments)]
 fn cuda_route(
     device: i32,
     stream: u64,
-    logits: u64,
+    logits_ptr: u64,
     dtype_name: &str,
     num_tokens: usize,
     num_experts: usize,
-    k: usize,
-    score: &str,
-    normalize: &str,
-    scale: f64,
-    bias: u64,
-    num_groups: Option<usize>,
-    topk_groups: Option<usize>,
-    capacity: Option<usize>,
-    capacity_factor: Option<f64>,
-    min_capacity: usize,
-    capacity_multiple: usize,
-    priority: &str,
-    pad_to: usize,
+    options: RouteOptionsArg,
+    bias_ptr: Option<u64>,
     outputs: [u64; 8],
     workspace: u64,
     workspace_bytes: usize,
 ) -> PyResult<()> {
-    let options = route_options(k, score, normalize, scale, None, num_groups, topk_groups, capacity, capacity_factor,
-                                min_capacity, capacity_multiple, priority, pad_to)?;
-    let call = ops::RouteCall {
+    let options = options.into_options(None)?;
+    let call = RouteCall {
         stream,
-        logits,
-        dtype: dtype(dtype_name, "logits")?,
+        logits: logits_ptr,
+        dtype: DType::parse_arg(dtype_name, "logits")?,
         num_tokens,
         num_experts,
-        bias,
-        out: plan_pointers(outputs),
+        bias: bias_ptr,
+        out: PlanPointers::from_array(outputs),
         workspace,
         workspace_bytes,
     };
-    ops::route(cuda::device(device)?, &call, &options)?;
+    route(cuda::device(device)?, &call, &options)?;
     Ok(())
 }
 
+/// Expert choice over the logits at `logits` into the plan arrays at `outputs` (in `PLAN_FIELDS`
+/// order).
 #[pyfunction]
 #[pyo3(signature = (device, stream, logits, dtype_name, num_tokens, num_experts, capacity, capacity_factor, outputs,
                     workspace, workspace_bytes))]
@@ -102,17 +95,17 @@ fn cuda_expert_choice(
     workspace: u64,
     workspace_bytes: usize,
 ) -> PyResult<()> {
-    let call = ops::ExpertChoiceCall {
+    let call = ExpertChoiceCall {
         stream,
         logits,
-        dtype: dtype(dtype_name, "logits")?,
+        dtype: DType::parse_arg(dtype_name, "logits")?,
         num_tokens,
         num_experts,
-        out: plan_pointers(outputs),
+        out: PlanPointers::from_array(outputs),
         workspace,
         workspace_bytes,
     };
-    ops::expert_choice(cuda::device(device)?, &call, capacity, capacity_factor)?;
+    expert_choice(cuda::device(device)?, &call, capacity, capacity_factor)?;
     Ok(())
 }
 
@@ -120,42 +113,57 @@ fn cuda_expert_choice(
 #[pyfunction]
 #[allow(clippy::too_many_arguments)]
 fn cuda_permute(device: i32, stream: u64, dtype_name: &str, x: u64, tokens: usize, hidden: usize, src: u64, xp: u64, rows: usize) -> PyResult<()> {
-    let x = ops::Rows { ptr: x, rows: tokens };
-    let xp = ops::Rows { ptr: xp, rows };
-    ops::permute(cuda::device(device)?, stream, dtype(dtype_name, "x")?, x, hidden, src, xp)?;
+    let x = Rows { ptr: x, rows: tokens };
+    let xp = Rows { ptr: xp, rows };
+    permute(cuda::device(device)?, stream, DType::parse_arg(dtype_name, "x")?, x, hidden, src, xp)?;
     Ok(())
 }
 
-/// y ([tokens, hidden]) = Σ_s w · rows[dest]; weights 0 for permute's backward pass.
+/// y ([tokens, hidden]) = Σ_s w · rows[dest], weights ([tokens, slots]) in the accumulation dtype.
 #[pyfunction]
 #[allow(clippy::too_many_arguments)]
 fn cuda_combine(device: i32, stream: u64, dtype_name: &str, rows: u64, num_rows: usize, hidden: usize, dest: u64, slots: usize,
                 weights: u64, y: u64, tokens: usize) -> PyResult<()> {
-    let rows = ops::Rows { ptr: rows, rows: num_rows };
-    let y = ops::Rows { ptr: y, rows: tokens };
-    ops::combine(cuda::device(device)?, stream, dtype(dtype_name, "yp")?, rows, hidden, dest, slots, weights, y)?;
+    let rows = Rows { ptr: rows, rows: num_rows };
+    let y = Rows { ptr: y, rows: tokens };
+    combine(cuda::device(device)?, stream, DType::parse_arg(dtype_name, "yp")?, rows, hidden, dest, slots, weights, y)?;
     Ok(())
 }
 
+/// grad_x ([tokens, hidden]) = Σ_s grad_xp[dest]: permute's backward pass.
+#[pyfunction]
+#[allow(clippy::too_many_arguments)]
+fn cuda_permute_backward(device: i32, stream: u64, dtype_name: &str, grad_xp: u64, num_rows: usize, hidden: usize, dest: u64,
+                         slots: usize, grad_x: u64, tokens: usize) -> PyResult<()> {
+    let grad_xp = Rows { ptr: grad_xp, rows: num_rows };
+    let grad_x = Rows { ptr: grad_x, rows: tokens };
+    let dtype = DType::parse_arg(dtype_name, "grad_xp")?;
+    permute_backward(cuda::device(device)?, stream, dtype, grad_xp, hidden, dest, slots, grad_x)?;
+    Ok(())
+}
+
+/// grad_yp ([rows, hidden]) and grad_w ([tokens, slots], zeroed by the caller).
 #[pyfunction]
 #[allow(clippy::too_many_arguments)]
 fn cuda_combine_backward(device: i32, stream: u64, dtype_name: &str, grad_y: u64, tokens: usize, yp: u64, num_rows: usize,
                          hidden: usize, dest: u64, src: u64, slots: usize, weights: u64, grad_yp: u64, grad_w: u64) -> PyResult<()> {
-    let grad_y = ops::Rows { ptr: grad_y, rows: tokens };
-    let yp = ops::Rows { ptr: yp, rows: num_rows };
-    let dtype = dtype(dtype_name, "yp")?;
-    ops::combine_backward(cuda::device(device)?, stream, dtype, grad_y, yp, hidden, dest, src, slots, weights, grad_yp, grad_w)?;
+    let grad_y = Rows { ptr: grad_y, rows: tokens };
+    let yp = Rows { ptr: yp, rows: num_rows };
+    let dtype = DType::parse_arg(dtype_name, "yp")?;
+    combine_backward(cuda::device(device)?, stream, dtype, grad_y, yp, hidden, dest, src, slots, weights, grad_yp, grad_w)?;
     Ok(())
 }
 
+/// grad_logits ([tokens, experts]) from the gradients of the weights and (if given) probs, all in
+/// the dtype `dtype_name` of probs (float32 or float64).
 #[pyfunction]
 #[allow(clippy::too_many_arguments)]
-fn cuda_route_backward(device: i32, stream: u64, double: bool, tokens: usize, experts: usize, slots: usize, grad_weights: u64,
-                       grad_probs: u64, probs: u64, expert_ids: u64, dest: u64, score: &str, normalize: &str, scale: f64,
+fn cuda_route_backward(device: i32, stream: u64, dtype_name: &str, tokens: usize, experts: usize, slots: usize, grad_weights: u64,
+                       grad_probs: Option<u64>, probs: u64, expert_ids: u64, dest: u64, score: &str, normalize: &str, scale: f64,
                        grad_logits: u64) -> PyResult<()> {
-    let call = ops::RouteBackwardCall {
+    let call = RouteBackwardCall {
         stream,
-        double,
+        dtype: DType::parse_accum(dtype_name, "plan.probs")?,
         num_tokens: tokens,
         num_experts: experts,
         slots,
@@ -169,7 +177,7 @@ fn cuda_route_backward(device: i32, stream: u64, double: bool, tokens: usize, ex
         scale,
         grad_logits,
     };
-    ops::route_backward(cuda::device(device)?, &call)?;
+    route_backward(cuda::device(device)?, &call)?;
     Ok(())
 }
 
@@ -177,10 +185,12 @@ pub fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(cuda_driver_available, m)?)?;
     m.add_function(wrap_pyfunction!(cuda_init, m)?)?;
     m.add_function(wrap_pyfunction!(cuda_route_workspace, m)?)?;
+    m.add_function(wrap_pyfunction!(cuda_expert_choice_workspace, m)?)?;
     m.add_function(wrap_pyfunction!(cuda_route, m)?)?;
     m.add_function(wrap_pyfunction!(cuda_expert_choice, m)?)?;
     m.add_function(wrap_pyfunction!(cuda_permute, m)?)?;
     m.add_function(wrap_pyfunction!(cuda_combine, m)?)?;
+    m.add_function(wrap_pyfunction!(cuda_permute_backward, m)?)?;
     m.add_function(wrap_pyfunction!(cuda_combine_backward, m)?)?;
     m.add_function(wrap_pyfunction!(cuda_route_backward, m)?)?;
     Ok(())

@@ -6,7 +6,7 @@ use pyo3::prelude::*;
 use super::arrays::{expect_shape, input, output_slice, slice, output};
 use super::errors::run_kernel;
 use crate::cpu;
-use crate::error::Error;
+use crate::routing::options::check_top_k;
 
 /// noisy_load_probs(clean, noisy, noise_std, k) -> P, all float64 [T, E] (noise_std broadcast).
 #[pyfunction]
@@ -24,9 +24,7 @@ fn noisy_load_probs<'py>(
     expect_shape("noisy_logits", noisy.shape(), &[Some(t), Some(e)])?;
     let std = input::<f64>(noise_std, "noise_std")?;
     expect_shape("noise_std", std.shape(), &[Some(t), Some(e)])?;
-    if k < 1 || k > e {
-        return Err(Error::Argument { arg: "k", got: k.to_string(), expected: format!("an integer in [1, {e}] (the number of experts)") }.into());
-    }
+    check_top_k(k, e)?;
     let (clean, noisy, std) = (slice(&clean, "clean_logits")?, slice(&noisy, "noisy_logits")?, slice(&std, "noise_std")?);
     let out = output::<f64>(py, &[t, e])?;
     let mut guard = out.readwrite();

@@ -3,15 +3,15 @@
 use numpy::{PyArrayMethods, PyUntypedArrayMethods};
 use pyo3::prelude::*;
 
-use super::arrays::{dtype, expect_shape, input, output_slice, slice, with_activation, output, Stored};
+use super::arrays::{expect_shape, input, output_slice, slice, with_activation, output, Stored};
 use super::errors::run_task_kernel;
 use crate::cpu;
-use crate::dtype::Activation;
+use crate::dtype::{Activation, DType};
 
 /// permute(x, dtype, src) -> xp: xp[r] = x[src[r]], padding rows (src = -1) zero.
 #[pyfunction]
 fn permute<'py>(py: Python<'py>, x: &Bound<'py, PyAny>, dtype_name: &str, src: &Bound<'py, PyAny>) -> PyResult<Bound<'py, PyAny>> {
-    with_activation!(dtype(dtype_name, "x")?, A => {
+    with_activation!(DType::parse_arg(dtype_name, "x")?, A => {
         let x = input::<<A as Stored>::Storage>(x, "x")?;
         let src = input::<i32>(src, "plan.src")?;
         expect_shape("x", x.shape(), &[None, None])?;
@@ -36,7 +36,7 @@ fn gather_sum<'py>(
     dest: &Bound<'py, PyAny>,
     weights: Option<&Bound<'py, PyAny>>,
 ) -> PyResult<Bound<'py, PyAny>> {
-    with_activation!(dtype(dtype_name, rows_arg)?, A => {
+    with_activation!(DType::parse_arg(dtype_name, rows_arg)?, A => {
         let arrays = sources.iter().map(|s| input::<<A as Stored>::Storage>(s, rows_arg)).collect::<PyResult<Vec<_>>>()?;
         let dest = input::<i32>(dest, "plan.dest")?;
         expect_shape(rows_arg, arrays[0].shape(), &[None, None])?;
@@ -103,7 +103,7 @@ fn combine_backward<'py>(
     src: &Bound<'py, PyAny>,
     weights: &Bound<'py, PyAny>,
 ) -> PyResult<(Bound<'py, PyAny>, Bound<'py, PyAny>)> {
-    with_activation!(dtype(dtype_name, "yp")?, A => {
+    with_activation!(DType::parse_arg(dtype_name, "yp")?, A => {
         let grad_y = input::<<A as Stored>::Storage>(grad_y, "grad_y")?;
         let yp = input::<<A as Stored>::Storage>(yp, "yp")?;
         let dest = input::<i32>(dest, "plan.dest")?;

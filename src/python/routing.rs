@@ -1,35 +1,36 @@
-//! Bindings of route, expert_choice, route_backward and plan validation.
+//! Bindings of route, expert_choice, route_backward, plan validation and plan layouts, and the
+//! options object route's bindings (CPU and CUDA) read.
 
 use numpy::{Element, PyArrayMethods, PyUntypedArrayMethods};
 use pyo3::prelude::*;
 use pyo3::types::PyTuple;
 
-use super::arrays::{dtype, expect_shape, from_vec, input, output_slice, slice, with_activation, output, Stored};
+use super::arrays::{accum_dtype, expect_shape, from_vec, input, output_slice, slice, with_activation, output, Stored};
 use super::errors::{run_kernel, run_task_kernel};
 use crate::cpu;
 use crate::cpu::route_backward::WeightsGraph;
-use crate::dtype::Accum;
-use crate::routing::capacity::{num_rows, resolve_capacity, Layout};
+use crate::dtype::{Accum, DType};
 use crate::routing::options::CapacityRequest;
 use crate::routing::validate::{validate_plan as validate, PlanArrays};
-use crate::routing::{GroupLimit, Normalize, Priority, RouteOptions, RoutingPlan, ScoreFunction};
+use crate::routing::{self as core_routing, GroupLimit, Normalize, PlanFields, Priority, RouteOptions, RoutingPlan, ScoreFunction,
+                     PLAN_FIELDS};
 
-/// The plan as a tuple (weights, probs, expert_ids, dest, src, expert_offsets, tokens_per_expert,
-/// assigned_per_expert, capacity): NumPy arrays in the order of `moeroute.plan.PLAN_FIELDS` (no
-/// copies), then the capacity or None.
+/// The plan as a tuple: its NumPy arrays in `PLAN_FIELDS` order (no copies), then the capacity or
+/// None.
 fn plan_tuple<'py, F: Element>(py: Python<'py>, plan: RoutingPlan<F>) -> PyResult<Bound<'py, PyTuple>> {
     let (t, e, s) = (plan.num_tokens, plan.num_experts, plan.slots);
-    let items: [Bound<'py, PyAny>; 9] = [
-        from_vec(py, plan.weights, &[t, s])?,
-        from_vec(py, plan.probs, &[t, e])?,
-        from_vec(py, plan.expert_ids, &[t, s])?,
-        from_vec(py, plan.dest, &[t, s])?,
-        from_vec(py, plan.src, &[plan.num_rows])?,
-        from_vec(py, plan.expert_offsets, &[e + 1])?,
-        from_vec(py, plan.tokens_per_expert, &[e])?,
-        from_vec(py, plan.assigned_per_expert, &[e])?,
-        plan.capacity.into_pyobject(py)?.into_any(),
-    ];
+    let arrays = PlanFields {
+        weights: from_vec(py, plan.weights, &[t, s])?,
+        probs: from_vec(py, plan.probs, &[t, e])?,
+        expert_ids: from_vec(py, plan.expert_ids, &[t, s])?,
+        dest: from_vec(py, plan.dest, &[t, s])?,
+        src: from_vec(py, plan.src, &[plan.num_rows])?,
+        expert_offsets: from_vec(py, plan.expert_offsets, &[e + 1])?,
+        tokens_per_expert: from_vec(py, plan.tokens_per_expert, &[e])?,
+        assigned_per_expert: from_vec(py, plan.assigned_per_expert, &[e])?,
+    };
+    let mut items = Vec::from(arrays.into_array());
+    items.push(plan.capacity.into_pyobject(py)?.into_any());
     PyTuple::new(py, items)
 }
 
@@ -38,74 +39,91 @@ fn logits_shape(shape: &[usize]) -> PyResult<(usize, usize)> {
     Ok((shape[0], shape[1]))
 }
 
-/// route's options from the arguments of the binding (shared with the CUDA binding).
-#[allow(clippy::too_many_arguments)]
-pub(super) fn route_options(
+/// route's options as the Python front passes them: an object whose attributes are read by
+/// name (`moeroute.options.RouteOptions`, or anything with these attributes). Its `bias` is not
+/// read: a bias comes as an argument of its own (an array on the CPU, a pointer on CUDA).
+#[derive(FromPyObject)]
+pub(super) struct RouteOptionsArg {
+    #[pyo3(attribute)]
     k: usize,
-    score: &str,
-    normalize: &str,
+    #[pyo3(attribute)]
+    score: String,
+    #[pyo3(attribute)]
+    normalize: String,
+    #[pyo3(attribute)]
     scale: f64,
-    bias: Option<Vec<f64>>,
+    #[pyo3(attribute)]
     num_groups: Option<usize>,
+    #[pyo3(attribute)]
     topk_groups: Option<usize>,
+    #[pyo3(attribute)]
     capacity: Option<usize>,
+    #[pyo3(attribute)]
     capacity_factor: Option<f64>,
+    #[pyo3(attribute)]
     min_capacity: usize,
+    #[pyo3(attribute)]
     capacity_multiple: usize,
-    priority: &str,
+    #[pyo3(attribute)]
+    priority: String,
+    #[pyo3(attribute)]
     pad_to: usize,
-) -> PyResult<RouteOptions> {
-    let groups = match (num_groups, topk_groups) {
-        (None, None) => None,
-        (Some(num_groups), Some(topk_groups)) => Some(GroupLimit { num_groups, topk_groups }),
-        _ => {
-            return Err(crate::Error::Argument {
-                arg: "num_groups",
-                got: format!("num_groups={num_groups:?}, topk_groups={topk_groups:?}"),
-                expected: "both num_groups and topk_groups, or neither".into(),
-            }
-            .into())
-        }
-    };
-    Ok(RouteOptions {
-        top_k: k,
-        score: ScoreFunction::parse(score)?,
-        normalize: Normalize::parse(normalize)?,
-        scale,
-        bias,
-        groups,
-        capacity: CapacityRequest { capacity, capacity_factor, min_capacity, capacity_multiple },
-        priority: Priority::parse(priority)?,
-        pad_to,
-    })
 }
 
-/// route(logits, dtype, k, ...) -> the plan as a tuple (see `plan_tuple`).
+impl RouteOptionsArg {
+    /// The core's options, with `bias` as the selection bias.
+    pub(super) fn into_options(self, bias: Option<Vec<f64>>) -> crate::Result<RouteOptions> {
+        let groups = match (self.num_groups, self.topk_groups) {
+            (None, None) => None,
+            (Some(num_groups), Some(topk_groups)) => Some(GroupLimit { num_groups, topk_groups }),
+            (num_groups, topk_groups) => {
+                return Err(crate::Error::Argument {
+                    arg: "num_groups",
+                    got: format!("num_groups={num_groups:?}, topk_groups={topk_groups:?}"),
+                    expected: "both num_groups and topk_groups, or neither".into(),
+                })
+            }
+        };
+        Ok(RouteOptions {
+            top_k: self.k,
+            score: ScoreFunction::parse(&self.score)?,
+            normalize: Normalize::parse(&self.normalize)?,
+            scale: self.scale,
+            bias,
+            groups,
+            capacity: CapacityRequest {
+                capacity: self.capacity,
+                capacity_factor: self.capacity_factor,
+                min_capacity: self.min_capacity,
+                capacity_multiple: self.capacity_multiple,
+            },
+            priority: Priority::parse(&self.priority)?,
+            pad_to: self.pad_to,
+        })
+    }
+}
+
+/// route(logits, dtype, options, bias=None) -> the plan as a tuple (see `plan_tuple`); bias is a
+/// float64 array of one value per expert.
 #[pyfunction]
-#[pyo3(signature = (logits, dtype_name, k, score, normalize, scale, bias, num_groups, topk_groups,
-                    capacity, capacity_factor, min_capacity, capacity_multiple, priority, pad_to))]
-#[allow(clippy::too_many_arguments)]
+#[pyo3(signature = (logits, dtype_name, options, bias=None))]
 fn route<'py>(
     py: Python<'py>,
     logits: &Bound<'py, PyAny>,
     dtype_name: &str,
-    k: usize,
-    score: &str,
-    normalize: &str,
-    scale: f64,
-    bias: Option<Vec<f64>>,
-    num_groups: Option<usize>,
-    topk_groups: Option<usize>,
-    capacity: Option<usize>,
-    capacity_factor: Option<f64>,
-    min_capacity: usize,
-    capacity_multiple: usize,
-    priority: &str,
-    pad_to: usize,
+    options: RouteOptionsArg,
+    bias: Option<&Bound<'py, PyAny>>,
 ) -> PyResult<Bound<'py, PyTuple>> {
-    let options = route_options(k, score, normalize, scale, bias, num_groups, topk_groups, capacity, capacity_factor,
-                                min_capacity, capacity_multiple, priority, pad_to)?;
-    with_activation!(dtype(dtype_name, "logits")?, A => {
+    let bias = match bias {
+        Some(bias) => {
+            let bias = input::<f64>(bias, "bias")?;
+            expect_shape("bias", bias.shape(), &[None])?;
+            Some(slice(&bias, "bias")?.to_vec())
+        }
+        None => None,
+    };
+    let options = options.into_options(bias)?;
+    with_activation!(DType::parse_arg(dtype_name, "logits")?, A => {
         let logits = input::<<A as Stored>::Storage>(logits, "logits")?;
         let (t, e) = logits_shape(logits.shape())?;
         let values = A::view(slice(&logits, "logits")?);
@@ -123,7 +141,7 @@ fn expert_choice<'py>(
     capacity: Option<usize>,
     capacity_factor: f64,
 ) -> PyResult<Bound<'py, PyTuple>> {
-    with_activation!(dtype(dtype_name, "logits")?, A => {
+    with_activation!(DType::parse_arg(dtype_name, "logits")?, A => {
         let logits = input::<<A as Stored>::Storage>(logits, "logits")?;
         let (t, e) = logits_shape(logits.shape())?;
         let values = A::view(slice(&logits, "logits")?);
@@ -179,8 +197,8 @@ fn route_backward_typed<'py, F: Accum + Element>(
     Ok(out.into_any())
 }
 
-/// route_backward(grad_weights, grad_probs, probs, expert_ids, dest, score, normalize, scale,
-/// double) -> grad_logits in the dtype of probs (float32 or float64); grad_probs may be None.
+/// route_backward(grad_weights, grad_probs, probs, expert_ids, dest, score, normalize, scale)
+/// -> grad_logits in the dtype of probs (float32 or float64); grad_probs may be None.
 #[pyfunction]
 #[allow(clippy::too_many_arguments)]
 fn route_backward<'py>(
@@ -193,10 +211,9 @@ fn route_backward<'py>(
     score: &str,
     normalize: &str,
     scale: f64,
-    double: bool,
 ) -> PyResult<Bound<'py, PyAny>> {
     let (score, normalize) = (ScoreFunction::parse(score)?, Normalize::parse(normalize)?);
-    if double {
+    if accum_dtype(probs, "plan.probs")? == DType::F64 {
         route_backward_typed::<f64>(py, grad_weights, grad_probs, probs, expert_ids, dest, score, normalize, scale)
     } else {
         route_backward_typed::<f32>(py, grad_weights, grad_probs, probs, expert_ids, dest, score, normalize, scale)
@@ -247,28 +264,25 @@ fn validate_plan<'py>(
     run_kernel(py, t * s + arrays.num_rows, || validate(&arrays))
 }
 
-/// plan_layout(num_tokens, num_experts, k, capacity, capacity_factor, min_capacity,
-/// capacity_multiple, pad_to) -> (capacity or None, num_rows): the static shape of a route's plan.
+/// route_layout(num_tokens, num_experts, options) -> (capacity or None, num_rows): the static shape
+/// of a route's plan, after the checks route makes of its options.
 #[pyfunction]
-#[allow(clippy::too_many_arguments)]
-fn plan_layout(
-    num_tokens: usize,
-    num_experts: usize,
-    k: usize,
-    capacity: Option<usize>,
-    capacity_factor: Option<f64>,
-    min_capacity: usize,
-    capacity_multiple: usize,
-    pad_to: usize,
-) -> PyResult<(Option<usize>, usize)> {
-    let request = CapacityRequest { capacity, capacity_factor, min_capacity, capacity_multiple };
-    let layout = resolve_capacity(&request, num_tokens, k, num_experts, pad_to)?;
-    let rows = num_rows(layout, num_tokens, k, num_experts)?;
-    Ok((match layout { Layout::Capacity(c) => Some(c), Layout::Dropless { .. } => None }, rows))
+fn route_layout(num_tokens: usize, num_experts: usize, options: RouteOptionsArg) -> PyResult<(Option<usize>, usize)> {
+    let (layout, rows) = core_routing::route_layout(&options.into_options(None)?, num_tokens, num_experts)?;
+    Ok((layout.capacity(), rows))
+}
+
+/// expert_choice_layout(num_tokens, num_experts, capacity, capacity_factor) -> (capacity,
+/// num_rows): the static shape of an expert choice's plan.
+#[pyfunction]
+fn expert_choice_layout(num_tokens: usize, num_experts: usize, capacity: Option<usize>, capacity_factor: f64) -> PyResult<(usize, usize)> {
+    Ok(core_routing::expert_choice_layout(num_tokens, num_experts, capacity, capacity_factor)?)
 }
 
 pub fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
-    m.add_function(wrap_pyfunction!(plan_layout, m)?)?;
+    m.add("PLAN_FIELDS", PyTuple::new(m.py(), PLAN_FIELDS)?)?;
+    m.add_function(wrap_pyfunction!(route_layout, m)?)?;
+    m.add_function(wrap_pyfunction!(expert_choice_layout, m)?)?;
     m.add_function(wrap_pyfunction!(route, m)?)?;
     m.add_function(wrap_pyfunction!(expert_choice, m)?)?;
     m.add_function(wrap_pyfunction!(route_backward, m)?)?;

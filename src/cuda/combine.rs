@@ -1,5 +1,4 @@
-//! Combine on the GPU: y[t] = Σ_s w[t,s] · rows[dest[t,s]], one block per token, V elements per
-//! thread. Its kernel also serves permute's backward pass (null weights: weight 1).
+//! Combine on the GPU: y[t] = Σ_s w[t,s] · rows[dest[t,s]]; its kernel also serves permute's backward pass.
 
 use super::common::{check_i32, pack, row_block, vector_kernel, Rows};
 use super::context::Device;

@@ -1,5 +1,4 @@
-//! Combine's backward pass on the GPU: grad_yp[r] = w · grad_y[src[r]] and grad_w = ⟨grad_y, yp[r]⟩,
-//! one block per row.
+//! Combine's backward pass on the GPU: grad_yp[r] = w · grad_y[src[r]], grad_w = ⟨grad_y, yp[r]⟩.
 
 use super::common::{check_i32, pack, row_block, vector_kernel, Rows};
 use super::context::Device;

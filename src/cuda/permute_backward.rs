@@ -1,5 +1,4 @@
-//! Permute's backward pass on the GPU: grad_x[t] = Σ_s grad_xp[dest[t,s]], the unweighted
-//! gather-sum, run by combine's kernel with a null weights pointer (weight 1).
+//! Permute's backward pass on the GPU: the unweighted gather-sum, combine's kernel with null weights.
 
 use super::combine::gather_sum;
 use super::common::Rows;

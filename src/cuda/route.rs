@@ -1,5 +1,4 @@
-//! Token-choice routing on the GPU: the gating kernels (scores and picks), the plan kernels
-//! (capacity, rows) and the final weights.
+//! Token-choice routing on the GPU: gating (scores, picks), the plan (capacity, rows), the final weights.
 
 use super::common::{check_i32, fill_padding, kernel_name, PlanPointers, SHARED_LIMIT};
 use super::context::{cuda_error, Device};

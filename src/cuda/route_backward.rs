@@ -1,5 +1,4 @@
-//! Route's backward pass on the GPU: the gradient of the weights (and probs) w.r.t. the logits,
-//! one thread per token.
+//! Route's backward pass on the GPU: the gradient of the weights (and probs) w.r.t. the logits.
 
 use super::common::{check_i32, SHARED_LIMIT};
 use super::context::Device;

@@ -1,5 +1,4 @@
-//! The scratch memory of a CUDA route or expert choice: where each region lies in the workspace the
-//! caller allocates.
+//! The scratch memory of a CUDA route or expert choice: where each region lies in the caller's workspace.
 
 use super::common::SHARED_LIMIT;
 use super::context::cuda_error;

@@ -73,6 +73,21 @@ macro_rules! with_activation {
 }
 pub(crate) use with_activation;
 
+/// Calls `$body` with `$F` bound to the accumulation type of `$dtype` (a `DType`): f64 for
+/// float64, f32 for the others.
+macro_rules! with_accum {
+    ($dtype:expr, $F:ident => $body:expr) => {
+        if $dtype == $crate::dtype::DType::F64 {
+            type $F = f64;
+            $body
+        } else {
+            type $F = f32;
+            $body
+        }
+    };
+}
+pub(crate) use with_accum;
+
 /// The name of an argument's dtype ("float32", ...), or its type when it has no dtype.
 pub fn dtype_of(obj: &Bound<'_, PyAny>) -> String {
     obj.getattr("dtype").map(|d| d.to_string()).unwrap_or_else(|_| obj.get_type().to_string())

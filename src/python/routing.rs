@@ -5,11 +5,11 @@ use numpy::{Element, PyArrayMethods, PyUntypedArrayMethods};
 use pyo3::prelude::*;
 use pyo3::types::PyTuple;
 
-use super::arrays::{accum_dtype, expect_shape, from_vec, input, output_slice, slice, with_activation, output, Stored};
+use super::arrays::{accum_dtype, expect_shape, from_vec, input, output_slice, slice, with_accum, with_activation, output, Stored};
 use super::errors::{run_kernel, run_task_kernel};
 use crate::cpu;
 use crate::cpu::route_backward::WeightsGraph;
-use crate::dtype::{Accum, DType};
+use crate::dtype::DType;
 use crate::routing::options::CapacityRequest;
 use crate::routing::validate::{validate_plan as validate, PlanArrays};
 use crate::routing::{self as core_routing, GroupLimit, Normalize, PlanFields, Priority, RouteOptions, RoutingPlan, ScoreFunction,
@@ -150,53 +150,6 @@ fn expert_choice<'py>(
     })
 }
 
-#[allow(clippy::too_many_arguments)]
-fn route_backward_typed<'py, F: Accum + Element>(
-    py: Python<'py>,
-    grad_weights: &Bound<'py, PyAny>,
-    grad_probs: Option<&Bound<'py, PyAny>>,
-    probs: &Bound<'py, PyAny>,
-    expert_ids: &Bound<'py, PyAny>,
-    dest: &Bound<'py, PyAny>,
-    score: ScoreFunction,
-    normalize: Normalize,
-    scale: f64,
-) -> PyResult<Bound<'py, PyAny>> {
-    let probs = input::<F>(probs, "plan.probs")?;
-    expect_shape("plan.probs", probs.shape(), &[None, None])?;
-    let (t, e) = (probs.shape()[0], probs.shape()[1]);
-    let expert_ids = input::<i32>(expert_ids, "plan.expert_ids")?;
-    expect_shape("plan.expert_ids", expert_ids.shape(), &[Some(t), None])?;
-    let s = expert_ids.shape()[1];
-    let dest = input::<i32>(dest, "plan.dest")?;
-    expect_shape("plan.dest", dest.shape(), &[Some(t), Some(s)])?;
-    let grad_weights = input::<F>(grad_weights, "grad_weights")?;
-    expect_shape("grad_weights", grad_weights.shape(), &[Some(t), Some(s)])?;
-    let graph = WeightsGraph {
-        num_tokens: t,
-        num_experts: e,
-        slots: s,
-        expert_ids: slice(&expert_ids, "plan.expert_ids")?,
-        dest: slice(&dest, "plan.dest")?,
-        probs: slice(&probs, "plan.probs")?,
-        score,
-        normalize,
-        scale,
-    };
-    let grad_w = slice(&grad_weights, "grad_weights")?;
-    let grad_probs = grad_probs.map(|g| input::<F>(g, "grad_probs")).transpose()?;
-    if let Some(g) = &grad_probs {
-        expect_shape("grad_probs", g.shape(), &[Some(t), Some(e)])?;
-    }
-    let grad_probs = grad_probs.as_ref().map(|g| slice(g, "grad_probs")).transpose()?;
-    let out = output::<F>(py, &[t, e])?;
-    let mut guard = out.readwrite();
-    let grad_logits = output_slice(&mut guard)?;
-    run_task_kernel(py, graph.num_tokens * graph.num_experts, || cpu::route_backward::route_backward(&graph, grad_w, grad_probs, grad_logits))?;
-    drop(guard);
-    Ok(out.into_any())
-}
-
 /// route_backward(grad_weights, grad_probs, probs, expert_ids, dest, score, normalize, scale)
 /// -> grad_logits in the dtype of probs (float32 or float64); grad_probs may be None.
 #[pyfunction]
@@ -213,11 +166,41 @@ fn route_backward<'py>(
     scale: f64,
 ) -> PyResult<Bound<'py, PyAny>> {
     let (score, normalize) = (ScoreFunction::parse(score)?, Normalize::parse(normalize)?);
-    if accum_dtype(probs, "plan.probs")? == DType::F64 {
-        route_backward_typed::<f64>(py, grad_weights, grad_probs, probs, expert_ids, dest, score, normalize, scale)
-    } else {
-        route_backward_typed::<f32>(py, grad_weights, grad_probs, probs, expert_ids, dest, score, normalize, scale)
-    }
+    with_accum!(accum_dtype(probs, "plan.probs")?, F => {
+        let probs = input::<F>(probs, "plan.probs")?;
+        expect_shape("plan.probs", probs.shape(), &[None, None])?;
+        let (t, e) = (probs.shape()[0], probs.shape()[1]);
+        let expert_ids = input::<i32>(expert_ids, "plan.expert_ids")?;
+        expect_shape("plan.expert_ids", expert_ids.shape(), &[Some(t), None])?;
+        let s = expert_ids.shape()[1];
+        let dest = input::<i32>(dest, "plan.dest")?;
+        expect_shape("plan.dest", dest.shape(), &[Some(t), Some(s)])?;
+        let grad_weights = input::<F>(grad_weights, "grad_weights")?;
+        expect_shape("grad_weights", grad_weights.shape(), &[Some(t), Some(s)])?;
+        let graph = WeightsGraph {
+            num_tokens: t,
+            num_experts: e,
+            slots: s,
+            expert_ids: slice(&expert_ids, "plan.expert_ids")?,
+            dest: slice(&dest, "plan.dest")?,
+            probs: slice(&probs, "plan.probs")?,
+            score,
+            normalize,
+            scale,
+        };
+        let grad_w = slice(&grad_weights, "grad_weights")?;
+        let grad_probs = grad_probs.map(|g| input::<F>(g, "grad_probs")).transpose()?;
+        if let Some(g) = &grad_probs {
+            expect_shape("grad_probs", g.shape(), &[Some(t), Some(e)])?;
+        }
+        let grad_probs = grad_probs.as_ref().map(|g| slice(g, "grad_probs")).transpose()?;
+        let out = output::<F>(py, &[t, e])?;
+        let mut guard = out.readwrite();
+        let grad_logits = output_slice(&mut guard)?;
+        run_task_kernel(py, graph.num_tokens * graph.num_experts, || cpu::route_backward::route_backward(&graph, grad_w, grad_probs, grad_logits))?;
+        drop(guard);
+        Ok(out.into_any())
+    })
 }
 
 /// validate_plan(expert_ids, dest, src, expert_offsets, tokens_per_expert, assigned_per_expert,

@@ -10,7 +10,7 @@ from hypothesis import strategies as st
 import moeroute
 import reference as ref
 from moeroute import _core
-from moeroute._arrays import activation, restore
+from moeroute.numpy._convert import activation, restore
 from conftest import F32, F64, HALF_DTYPES, activations, assert_sum_close, eps, plan_st
 
 

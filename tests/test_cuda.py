@@ -15,6 +15,7 @@ torch = pytest.importorskip("torch")
 import moeroute  # noqa: E402
 from conftest import (BF16, CAPACITY_FACTORS, DECISIONS, F16, F32, F64, FLOAT_DTYPES,  # noqa: E402
                       half_ulp_close, logits_st, route_case)
+from moeroute.plan import FIELD_NAMES  # noqa: E402
 from moeroute.torch import MoE  # noqa: E402
 
 pytestmark = [pytest.mark.gpu,
@@ -23,7 +24,6 @@ pytestmark = [pytest.mark.gpu,
 DEVICE = torch.device("cuda")
 TORCH_DTYPES = {F32: torch.float32, F64: torch.float64, F16: torch.float16, BF16: torch.bfloat16}
 HALF = (torch.float16, torch.bfloat16)
-PLAN_FIELDS = DECISIONS + ("weights", "probs")
 # (rtol, atol) of float32 / float64 results against the CPU's; atol scales with the result's magnitude.
 TOLERANCE = {torch.float32: (1e-5, 1e-6), torch.float64: (1e-12, 1e-14)}
 
@@ -98,7 +98,7 @@ def assert_same_plan(got, want, device):
     bit-identical, probs and weights within rounding."""
     assert got.capacity == want.capacity and got.num_rows == want.num_rows
     assert (got.score, got.normalize, got.scale) == (want.score, want.normalize, want.scale)
-    for name in PLAN_FIELDS:
+    for name in FIELD_NAMES:
         assert getattr(got, name).device == device, (name, getattr(got, name).device)
     same_probs = torch.equal(host(got.probs), want.probs)
     for name in DECISIONS:
@@ -517,7 +517,7 @@ def test_cuda_graph_replay_matches_eager(how):
         graph.replay()
         y, plan = expert_pipeline(logits, x, w, how)
         torch.cuda.synchronize()
-        for name in PLAN_FIELDS:
+        for name in FIELD_NAMES:
             assert torch.equal(getattr(static_plan, name), getattr(plan, name)), name
         torch.testing.assert_close(static_y, y)
 

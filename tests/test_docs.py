@@ -7,7 +7,8 @@ import re
 import pytest
 
 import moeroute
-import moeroute.ops
+import moeroute.numpy
+import moeroute.options
 import moeroute.plan
 
 README = pathlib.Path(__file__).resolve().parents[1] / "README.md"
@@ -24,11 +25,16 @@ def test_readme_example_runs():
         exec(compile(block, str(README), "exec"), {})
 
 
-@pytest.mark.parametrize("module", [moeroute.ops, moeroute.plan], ids=lambda m: m.__name__)
-def test_docstring_examples(module):
-    result = doctest.testmod(module, raise_on_error=False)
-    assert result.attempted > 0
-    assert result.failed == 0
+@pytest.mark.parametrize("obj", [moeroute.route, moeroute.numpy.route, moeroute.numpy.expert_choice,
+                                 moeroute.expert_choice, moeroute.options, moeroute.plan],
+                         ids=lambda o: f"{o.__module__}.{o.__name__}" if callable(o) else o.__name__)
+def test_docstring_examples(obj):
+    tests = [t for t in doctest.DocTestFinder().find(obj) if t.examples]
+    assert tests, f"{obj} has no docstring example"
+    runner = doctest.DocTestRunner()
+    for test in tests:
+        runner.run(test)
+    assert runner.summarize(verbose=False).failed == 0
 
 
 def test_readme_commands_are_the_ci_commands():

@@ -8,11 +8,11 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 import moeroute
+from moeroute.plan import FIELD_NAMES
 import reference as ref
 from conftest import (DECISIONS, F32, F64, FLOAT_DTYPES, assert_plan_matches, assert_probs_close,
                       logits_st, route_case)
 
-PLAN_FIELDS = DECISIONS + ("weights", "probs")
 
 
 def reference_candidates(probs, k, opts):
@@ -65,7 +65,7 @@ def test_defaults(logits, data):
                               min_capacity=0, capacity_multiple=1, priority="slot", pad_to=1)
     assert (plan.capacity, plan.score, plan.normalize, plan.scale) == (None, "softmax", "topk", 1.0)
     assert plan.num_rows == logits.shape[0] * k
-    for f in PLAN_FIELDS:
+    for f in FIELD_NAMES:
         np.testing.assert_array_equal(getattr(plan, f), getattr(explicit, f), err_msg=f)
     assert_plan_matches(plan, reference_candidates(plan.probs, k, {}))
 
@@ -206,5 +206,5 @@ def test_non_contiguous_logits(case):
     fortran = np.asfortranarray(logits)
     plan = moeroute.route(logits, k, **opts)
     for other in (moeroute.route(wide, k, **opts), moeroute.route(fortran, k, **opts)):
-        for f in PLAN_FIELDS:
+        for f in FIELD_NAMES:
             np.testing.assert_array_equal(getattr(other, f), getattr(plan, f), err_msg=f)

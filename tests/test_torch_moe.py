@@ -31,19 +31,19 @@ def reference_forward(layer, x):
     logits = layer.gate_logits(tokens)
     plan = layer.plan(logits.detach())
     o = layer.route_options
-    probs = torch.softmax(logits, -1) if layer.routing == "expert" or o["score"] == "softmax" else torch.sigmoid(logits)
+    probs = torch.softmax(logits, -1) if layer.routing == "expert" or o.score == "softmax" else torch.sigmoid(logits)
     ids = plan.expert_ids.long()
     kept = (plan.dest >= 0) & (ids >= 0)
     raw = probs.gather(1, ids.clamp(min=0)) * (ids >= 0)
-    if layer.routing == "expert" or o["normalize"] == "none":
+    if layer.routing == "expert" or o.normalize == "none":
         weights = raw
-    elif o["normalize"] == "topk":
+    elif o.normalize == "topk":
         weights = raw / raw.sum(1, keepdim=True)
     else:
         kept_raw = raw * kept
         weights = kept_raw / kept_raw.sum(1, keepdim=True).clamp_min(1e-30)
     if layer.routing == "token":
-        weights = weights * o["scale"]
+        weights = weights * o.scale
     weights = weights * kept
     out = torch.zeros_like(tokens)
     for t in range(tokens.shape[0]):

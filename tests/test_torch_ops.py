@@ -8,7 +8,7 @@ import pytest
 torch = pytest.importorskip("torch")
 
 import moeroute  # noqa: E402
-from moeroute.torch import _ops  # noqa: E402
+import moeroute.torch  # noqa: E402
 from moeroute.torch._convert import to_storage  # noqa: E402
 
 TORCH_DTYPES = {
@@ -161,17 +161,17 @@ def test_permute_shared_sums_the_gradients_of_its_uses_in_permute_backward():
     gen = torch.Generator().manual_seed(12)
     x = torch.randn(40, 24, generator=gen, requires_grad=True)
     plan = moeroute.route(torch.randn(40, 8, generator=gen), 3, capacity_factor=0.8, pad_to=4)
-    outs = _ops.permute_shared(x, plan.src, plan.dest, 3)
+    outs = moeroute.torch.permute_shared(x, plan, 3)
     assert len(outs) == 3 and all(o.data_ptr() == outs[0].data_ptr() for o in outs)
     assert torch.equal(outs[0], moeroute.permute(x.detach(), plan))
     grads = [torch.randn(plan.num_rows, 24, generator=gen) for _ in outs]
     (got,) = torch.autograd.grad(sum((o * g).sum() for o, g in zip(outs, grads)), x)
     assert torch.equal(got, moeroute.permute_backward(grads[0] + grads[1] + grads[2], plan))
-    a, _b = _ops.permute_shared(x, plan.src, plan.dest, 2)
+    a, _b = moeroute.torch.permute_shared(x, plan, 2)
     (got,) = torch.autograd.grad((a * grads[0]).sum(), x)
     assert torch.equal(got, moeroute.permute_backward(grads[0], plan))
     xb = x.detach().to(torch.bfloat16).requires_grad_(True)
-    outs = _ops.permute_shared(xb, plan.src, plan.dest, 2)
+    outs = moeroute.torch.permute_shared(xb, plan, 2)
     (got,) = torch.autograd.grad(sum((o * g.to(torch.bfloat16)).sum() for o, g in zip(outs, grads)), xb)
     want = moeroute.permute_backward(grads[0].bfloat16().float() + grads[1].bfloat16().float(), plan)
     torch.testing.assert_close(got.float(), want, rtol=2 ** -8, atol=1e-6)
@@ -179,7 +179,7 @@ def test_permute_shared_sums_the_gradients_of_its_uses_in_permute_backward():
     plan64 = moeroute.route(torch.randn(9, 4, dtype=torch.float64), 2, capacity=4)
 
     def uses_twice(x):
-        a, b = _ops.permute_shared(x, plan64.src, plan64.dest, 2)
+        a, b = moeroute.torch.permute_shared(x, plan64, 2)
         return a.sin() * b
 
     assert torch.autograd.gradcheck(uses_twice, (x64,))
@@ -261,18 +261,21 @@ def test_torch_errors_name_the_argument():
         assert np.asarray(plan.expert_ids).ravel().tolist() == [1, 1, 1, 1]
 
 
-def test_python_plan_layout_matches_the_core():
-    from hypothesis import given, strategies as st
+def test_core_layout_matches_the_plans():
+    """The layout the torch front and the fake implementations ask the core for is the plan's."""
+    from hypothesis import given, settings, strategies as st
 
-    @given(st.integers(0, 500), st.integers(1, 64), st.integers(1, 8), st.none() | st.integers(0, 50),
+    @settings(max_examples=30)
+    @given(st.integers(0, 300), st.integers(1, 64), st.integers(1, 8), st.none() | st.integers(0, 50),
            st.none() | st.sampled_from([0.25, 0.5, 1.0, 1.25, 2.0, 3.7]), st.integers(0, 9),
            st.integers(1, 8), st.integers(1, 5))
     def check(t, e, k, capacity, factor, min_capacity, multiple, pad_to):
         if capacity is not None and factor is not None:
             factor = None
-        k = min(k, e)
-        assert _ops.plan_layout(t, e, k, capacity, factor, min_capacity, multiple, pad_to) == \
-            moeroute._core.plan_layout(t, e, k, capacity, factor, min_capacity, multiple, pad_to)
+        options = moeroute.RouteOptions(min(k, e), capacity=capacity, capacity_factor=factor,
+                                        min_capacity=min_capacity, capacity_multiple=multiple, pad_to=pad_to)
+        plan = moeroute.route_with_options(torch.zeros(t, e), options)
+        assert moeroute._core.route_layout(t, e, options) == (plan.capacity, plan.num_rows)
 
     check()
 

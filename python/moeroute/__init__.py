@@ -1,19 +1,21 @@
 """moeroute: Mixture-of-Experts routing — top-k gating, capacity, expert choice, permute and
 combine, with backward passes — on a Rust core with CPU and CUDA kernels, for NumPy arrays and
-PyTorch tensors."""
+PyTorch tensors. The functions here take either (moeroute.numpy and moeroute.torch are the two
+fronts behind them)."""
 
 from . import losses
 from ._core import (__version__, buffer_cache_info, get_num_threads, set_buffer_cache_limit,
                     set_num_threads)
 from ._core import cuda_driver_available as cuda_available
+from ._dispatch import (combine, combine_backward, expert_choice, permute, permute_backward, route,
+                        route_backward, route_with_options)
 from .errors import (ArgumentError, CudaError, DTypeError, IndexOverflowError, LogitsError,
                      MoerouteError, PlanError, ShapeError)
-from .ops import (combine, combine_backward, expert_choice, permute, permute_backward, route,
-                  route_backward)
+from .options import RouteOptions
 from .plan import RoutingPlan
 
 __all__ = [
-    "route", "expert_choice", "permute", "combine",
+    "route", "route_with_options", "RouteOptions", "expert_choice", "permute", "combine",
     "permute_backward", "combine_backward", "route_backward",
     "RoutingPlan", "losses", "set_num_threads", "get_num_threads", "__version__",
     "set_buffer_cache_limit", "buffer_cache_info", "cuda_available",

@@ -1,24 +1,55 @@
-"""RoutingPlan: the one data structure of moeroute (see DESIGN.md), built by route / expert_choice
-or from arrays (validated), and saved / reloaded as a dict of NumPy arrays."""
+"""RoutingPlan: the one data structure of moeroute, built by route / expert_choice or from arrays
+(validated), and saved / reloaded as a dict of NumPy arrays; and
+PLAN_FIELDS, the one declaration of its arrays (name, dtype kind, shape), from which the fronts
+derive their output allocations."""
 
 from __future__ import annotations
 
-from typing import Any, Dict, Iterable, Mapping, Optional, Tuple
+from typing import Any, Dict, Iterable, Mapping, NamedTuple, Optional, Tuple
 
 import numpy as np
 
 from . import _core
-from ._arrays import choice, expect_ndim, optional_integer, real
 from .errors import DTypeError, PlanError, ShapeError
+from ._checks import choice, optional_integer, real
+from .options import NORMALIZATIONS, SCORES
 
-_INDEX_FIELDS = {"expert_ids": np.int32, "dest": np.int32, "src": np.int32}
-_COUNT_FIELDS = {"expert_offsets": np.int64, "tokens_per_expert": np.int64, "assigned_per_expert": np.int64}
-# The plan's arrays, in the order the core returns them (float arrays first: torch's opcheck sums
-# a custom op's outputs in order into one accumulator).
-ARRAY_FIELDS = ("weights", "probs", "expert_ids", "dest", "src", "expert_offsets", "tokens_per_expert",
-                "assigned_per_expert")
-SCORES = ("softmax", "sigmoid")
-NORMALIZATIONS = ("none", "topk", "kept")
+
+class PlanField(NamedTuple):
+    """One array of a RoutingPlan: its name, dtype kind and shape in the plan's sizes.
+
+    kind: "float" (float32, or float64 for float64 logits: the accumulation dtype), "int32" or
+    "int64". shape: sizes among "T" (tokens), "E" (experts), "E+1", "S" (slots), "R" (rows)."""
+    name: str
+    kind: str
+    shape: Tuple[str, ...]
+
+
+# The plan's arrays, in the order the core returns them and its CUDA ops take their outputs
+# (float arrays first: torch's opcheck sums a custom op's outputs in order into one accumulator).
+PLAN_FIELDS = (
+    PlanField("weights", "float", ("T", "S")),
+    PlanField("probs", "float", ("T", "E")),
+    PlanField("expert_ids", "int32", ("T", "S")),
+    PlanField("dest", "int32", ("T", "S")),
+    PlanField("src", "int32", ("R",)),
+    PlanField("expert_offsets", "int64", ("E+1",)),
+    PlanField("tokens_per_expert", "int64", ("E",)),
+    PlanField("assigned_per_expert", "int64", ("E",)),
+)
+# Their names, in that order.
+FIELD_NAMES = tuple(f.name for f in PLAN_FIELDS)
+if tuple(_core.PLAN_FIELDS) != FIELD_NAMES:  # the core declares its order too: they must agree
+    raise ImportError(f"moeroute._core returns plan fields {_core.PLAN_FIELDS}, expected {FIELD_NAMES}")
+
+
+def field_shapes(num_tokens: int, num_experts: int, slots: int, rows: int) -> Tuple[Tuple[int, ...], ...]:
+    """The shape of each field in PLAN_FIELDS order, for a plan of these sizes."""
+    sizes = {"T": num_tokens, "E": num_experts, "E+1": num_experts + 1, "S": slots, "R": rows}
+    return tuple(tuple(sizes[d] for d in f.shape) for f in PLAN_FIELDS)
+
+
+_NUMPY_KINDS = {"int32": np.dtype(np.int32), "int64": np.dtype(np.int64)}
 
 
 class RoutingPlan:
@@ -43,7 +74,7 @@ class RoutingPlan:
         ([[0, 1]], 2)
     """
 
-    __slots__ = ARRAY_FIELDS + ("capacity", "score", "normalize", "scale")
+    __slots__ = FIELD_NAMES + ("capacity", "score", "normalize", "scale")
 
     def __init__(
         self,
@@ -75,22 +106,22 @@ class RoutingPlan:
         )
         for array in converted.values():
             array.flags.writeable = False
-        _fill(self, [converted[name] for name in ARRAY_FIELDS], capacity, choice(score, "score", SCORES),
+        _fill(self, [converted[name] for name in FIELD_NAMES], capacity, choice(score, "score", SCORES),
               choice(normalize, "normalize", NORMALIZATIONS), real(scale, "scale"))
 
     @classmethod
     def _from_core(cls, fields: Tuple[Any, ...], score: str, normalize: str, scale: float) -> "RoutingPlan":
-        """Wraps what the core's route / expert_choice return (the arrays in ARRAY_FIELDS order, then
+        """Wraps what the core's route / expert_choice return (the arrays in FIELD_NAMES order, then
         the capacity), already consistent, so not re-validated; the arrays are made read-only."""
-        arrays = fields[:8]
+        arrays = fields[:len(PLAN_FIELDS)]
         for array in arrays:
             array.flags.writeable = False
-        return cls._of(arrays, fields[8], score, normalize, scale)
+        return cls._of(arrays, fields[len(PLAN_FIELDS)], score, normalize, scale)
 
     @classmethod
     def _of(cls, arrays: Iterable[Any], capacity: Optional[int], score: str, normalize: str,
             scale: float) -> "RoutingPlan":
-        """A plan of these fields, in ARRAY_FIELDS order, as they are (already consistent: not
+        """A plan of these fields, in FIELD_NAMES order, as they are (already consistent: not
         re-validated)."""
         plan = object.__new__(cls)
         _fill(plan, arrays, capacity, score, normalize, scale)
@@ -110,8 +141,13 @@ class RoutingPlan:
         return int(self.tokens_per_expert.shape[0])
 
     @property
-    def top_k(self) -> int:
+    def num_slots(self) -> int:
         """S, the slots per token: k for token choice, E for expert choice."""
+        return int(self.expert_ids.shape[1])
+
+    @property
+    def top_k(self) -> int:
+        """The same as num_slots (S): k for token choice, but E for expert choice."""
         return int(self.expert_ids.shape[1])
 
     @property
@@ -128,14 +164,14 @@ class RoutingPlan:
         capacity = "dropless" if self.capacity is None else f"capacity={self.capacity}"
         return (
             f"RoutingPlan(num_tokens={self.num_tokens}, num_experts={self.num_experts}, "
-            f"top_k={self.top_k}, num_rows={self.num_rows}, {capacity}, "
+            f"num_slots={self.num_slots}, num_rows={self.num_rows}, {capacity}, "
             f"num_dropped={self.num_dropped}, score={self.score!r}, normalize={self.normalize!r}, "
             f"scale={self.scale:g})"
         )
 
     def to_dict(self) -> Dict[str, np.ndarray]:
         """All fields as NumPy arrays, ready for np.savez (capacity -1 means dropless)."""
-        d = {name: _numpy(getattr(self, name)) for name in ARRAY_FIELDS}
+        d = {name: _numpy(getattr(self, name)) for name in FIELD_NAMES}
         d["capacity"] = np.asarray(-1 if self.capacity is None else self.capacity, dtype=np.int64)
         d["score"] = np.asarray(self.score)
         d["normalize"] = np.asarray(self.normalize)
@@ -145,12 +181,12 @@ class RoutingPlan:
     @classmethod
     def from_dict(cls, d: Mapping[str, Any]) -> "RoutingPlan":
         """Rebuilds (and validates) a plan from `to_dict()` output or an np.load of it."""
-        missing = [name for name in ARRAY_FIELDS + ("capacity",) if name not in d]
+        missing = [name for name in FIELD_NAMES + ("capacity",) if name not in d]
         if missing:
             raise ShapeError(f"plan dict: missing fields {missing}")
         capacity = int(np.asarray(d["capacity"]))
         return cls(
-            **{name: np.asarray(d[name]) for name in ARRAY_FIELDS},
+            **{name: np.asarray(d[name]) for name in FIELD_NAMES},
             capacity=None if capacity < 0 else capacity,
             score=str(np.asarray(d.get("score", "softmax"))),
             normalize=str(np.asarray(d.get("normalize", "topk"))),
@@ -168,9 +204,9 @@ class RoutingPlan:
             return cls.from_dict({name: data[name] for name in data.files})
 
 
-# Each slot's setter, in ARRAY_FIELDS order then capacity, score, normalize, scale.
+# Each slot's setter, in FIELD_NAMES order then capacity, score, normalize, scale.
 _SETTERS = tuple(getattr(RoutingPlan, name).__set__
-                 for name in ARRAY_FIELDS + ("capacity", "score", "normalize", "scale"))
+                 for name in FIELD_NAMES + ("capacity", "score", "normalize", "scale"))
 
 
 def _fill(plan: RoutingPlan, arrays: Iterable[Any], capacity: Optional[int], score: str, normalize: str,
@@ -190,14 +226,21 @@ def _numpy(array: Any) -> np.ndarray:
 
 def _checked_array(name: str, value: Any) -> np.ndarray:
     array = value if isinstance(value, np.ndarray) else np.asarray(value)
-    wanted = {**_INDEX_FIELDS, **_COUNT_FIELDS}.get(name)
+    field = _BY_NAME[name]
+    wanted = _NUMPY_KINDS.get(field.kind)
     if wanted is not None:
         if array.dtype != wanted:
-            raise DTypeError(f"plan.{name}: got dtype {array.dtype}, expected {np.dtype(wanted)}")
+            raise DTypeError(f"plan.{name}: got dtype {array.dtype}, expected {wanted}")
     elif array.dtype not in (np.float32, np.float64):
         raise DTypeError(f"plan.{name}: got dtype {array.dtype}, expected float32 or float64")
-    expect_ndim(array, f"plan.{name}", 2 if name in ("expert_ids", "dest", "weights", "probs") else 1)
+    ndim = len(field.shape)
+    if array.ndim != ndim:
+        dims = ", ".join(field.shape)
+        raise ShapeError(f"plan.{name}: got shape {list(array.shape)}, expected a {ndim}-D array [{dims}]")
     return np.array(array, copy=True, order="C")
+
+
+_BY_NAME = {f.name: f for f in PLAN_FIELDS}
 
 
 def _check_float_shapes(arrays: Mapping[str, np.ndarray]) -> None:
@@ -216,3 +259,10 @@ def _check_float_shapes(arrays: Mapping[str, np.ndarray]) -> None:
     if bad.any():
         t_bad, s_bad = map(int, np.argwhere(bad)[0])
         raise PlanError(f"plan.weights: non-finite value at token {t_bad}, slot {s_bad}")
+
+
+def expect_plan(plan: Any) -> RoutingPlan:
+    """plan, if it is a RoutingPlan (DTypeError otherwise)."""
+    if not isinstance(plan, RoutingPlan):
+        raise DTypeError(f"plan: got {type(plan).__name__}, expected a moeroute.RoutingPlan")
+    return plan

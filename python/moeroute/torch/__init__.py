@@ -1,9 +1,19 @@
-"""moeroute for PyTorch: `moeroute.route`, `permute`, `combine`, ... accept CPU tensors and return
-tensors, differentiable through moeroute's backward kernels, as `torch.ops.moeroute.*` custom ops
-that torch.compile traces; `MoE` is a drop-in Mixture-of-Experts layer built on them."""
+"""moeroute for PyTorch: the routing ops, their backward passes and the auxiliary losses on CPU and
+CUDA tensors, differentiable through moeroute's backward kernels, as `torch.ops.moeroute.*` custom
+ops that torch.compile traces; `MoE` is a drop-in Mixture-of-Experts layer built on them.
+`moeroute.route` etc. come here for tensors."""
 
-from . import _ops  # registers the moeroute:: custom ops
+from . import _custom_ops  # registers the moeroute:: custom ops
+from . import losses
 from .experts import ModuleExperts, StackedFFN, grouped_matmul
+from .losses import importance_loss, load_balancing_loss, noisy_load_loss, noisy_load_probs, z_loss
 from .moe import MoE, RoutingStats, aux_loss
+from .ops import (combine, combine_backward, expert_choice, permute, permute_backward, permute_shared, route,
+                  route_backward, route_with_options)
 
-__all__ = ["MoE", "RoutingStats", "aux_loss", "StackedFFN", "ModuleExperts", "grouped_matmul"]
+__all__ = [
+    "route", "route_with_options", "expert_choice", "permute", "permute_shared", "combine", "permute_backward",
+    "combine_backward", "route_backward", "losses", "load_balancing_loss", "z_loss", "importance_loss",
+    "noisy_load_probs", "noisy_load_loss", "MoE", "RoutingStats", "aux_loss", "StackedFFN", "ModuleExperts",
+    "grouped_matmul",
+]

@@ -3,20 +3,19 @@ writes (float16 / bfloat16 travel as 16-bit integer views of the same memory).""
 
 from __future__ import annotations
 
-from typing import Tuple
+from typing import Dict, Tuple
 
 import numpy as np
 import torch
 
-from ..errors import DTypeError, ShapeError
+from .._checks import ACTIVATION_DTYPES, HALF_DTYPES, accumulation_name, bad_activation_dtype, shape_error
+from ..errors import DTypeError
+from ..plan import PLAN_FIELDS, field_shapes
 
-_ACTIVATION_DTYPES = {
-    torch.float32: "float32",
-    torch.float64: "float64",
-    torch.float16: "float16",
-    torch.bfloat16: "bfloat16",
-}
-_HALF_DTYPES = {"float16": torch.float16, "bfloat16": torch.bfloat16}
+# The activation dtypes (moeroute._checks) as torch dtypes: name of each, and its accumulation dtype.
+_ACTIVATION_DTYPES = {getattr(torch, name): name for name in ACTIVATION_DTYPES}
+_HALF_DTYPES = {name: getattr(torch, name) for name in HALF_DTYPES}
+_ACCUMULATION = {dtype: getattr(torch, accumulation_name(name)) for dtype, name in _ACTIVATION_DTYPES.items()}
 
 
 def check_cpu(t: torch.Tensor, name: str) -> None:
@@ -39,8 +38,16 @@ def activation_name(t: torch.Tensor, name: str) -> str:
     """The dtype name of a float activation tensor (DTypeError otherwise)."""
     dtype_name = _ACTIVATION_DTYPES.get(t.dtype)
     if dtype_name is None:
-        raise DTypeError(f"{name}: got dtype {t.dtype}, expected float32, float64, float16 or bfloat16")
+        raise bad_activation_dtype(name, t.dtype)
     return dtype_name
+
+
+def check_activation(t: torch.Tensor, name: str, ndim: int = 2) -> None:
+    """A float activation tensor of `ndim` dimensions on the CPU or a CUDA device."""
+    check_device(t, name)
+    activation_name(t, name)
+    if t.dim() != ndim:
+        raise shape_error(name, t.shape, ndim, "tensor")
 
 
 def to_storage(t: torch.Tensor, name: str, ndim: int) -> Tuple[np.ndarray, str]:
@@ -50,7 +57,7 @@ def to_storage(t: torch.Tensor, name: str, ndim: int) -> Tuple[np.ndarray, str]:
     if dtype_name is None or not t.is_cpu or t.dim() != ndim:  # (one test when valid)
         check_cpu(t, name)
         activation_name(t, name)
-        raise ShapeError(f"{name}: got shape {list(t.shape)}, expected a {ndim}-D tensor")
+        raise shape_error(name, t.shape, ndim, "tensor")
     if t.requires_grad:
         t = t.detach()
     if not t.is_contiguous():
@@ -77,4 +84,19 @@ def from_storage(a: np.ndarray, dtype_name: str) -> torch.Tensor:
 
 
 def accumulation_dtype(dtype: torch.dtype) -> torch.dtype:
-    return torch.float64 if dtype == torch.float64 else torch.float32
+    """The dtype an activation dtype accumulates in (float64 for float64, float32 for the rest)."""
+    return _ACCUMULATION.get(dtype, torch.float32)
+
+
+def empty_plan(logits: torch.Tensor, slots: int, rows: int) -> Tuple[torch.Tensor, ...]:
+    """Uninitialised tensors of a plan's fields (moeroute.plan.PLAN_FIELDS: dtypes and shapes) on
+    the logits' device, each allocated on its own (also fake tensors, for torch.compile)."""
+    t, e = logits.shape
+    dtypes = plan_dtypes(logits.dtype)
+    shapes = field_shapes(t, e, slots, rows)
+    return tuple(logits.new_empty(shape, dtype=dtypes[f.kind]) for f, shape in zip(PLAN_FIELDS, shapes))
+
+
+def plan_dtypes(logits_dtype: torch.dtype) -> Dict[str, torch.dtype]:
+    """The torch dtype of each field kind of a plan routed from logits of this dtype."""
+    return {"float": accumulation_dtype(logits_dtype), "int32": torch.int32, "int64": torch.int64}

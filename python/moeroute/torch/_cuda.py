@@ -4,12 +4,15 @@ synchronisation, so the ops can be captured in CUDA graphs)."""
 
 from __future__ import annotations
 
-from typing import Optional, Tuple
+import math
+from typing import List, Optional, Tuple
 
 import torch
 
 from .. import _core
-from ._convert import accumulation_dtype, activation_name
+from ..options import RouteOptions
+from ..plan import PLAN_FIELDS, field_shapes
+from ._convert import accumulation_dtype, activation_name, empty_plan, plan_dtypes
 
 Tensor = torch.Tensor
 
@@ -26,62 +29,60 @@ def _stream(t: Tensor) -> Tuple[int, int]:
 
 
 def _plan_outputs(logits: Tensor, slots: int, rows: int, workspace_bytes: int) -> Tuple[Tuple[Tensor, ...], Tensor]:
-    """(the plan's eight tensors, the workspace), each allocated on its own."""
-    t, e = logits.shape
-    acc = accumulation_dtype(logits.dtype)
-    dev = logits.device
-    i32, i64 = torch.int32, torch.int64
-    outputs = (torch.empty((t, slots), dtype=acc, device=dev), torch.empty((t, e), dtype=acc, device=dev),
-               torch.empty((t, slots), dtype=i32, device=dev), torch.empty((t, slots), dtype=i32, device=dev),
-               torch.empty((rows,), dtype=i32, device=dev), torch.empty((e + 1,), dtype=i64, device=dev),
-               torch.empty((e,), dtype=i64, device=dev), torch.empty((e,), dtype=i64, device=dev))
-    return outputs, torch.empty(workspace_bytes, dtype=torch.uint8, device=dev)
+    """(the plan's tensors, the workspace), each allocated on its own."""
+    return empty_plan(logits, slots, rows), torch.empty(workspace_bytes, dtype=torch.uint8, device=logits.device)
 
 
 def _packed_plan_outputs(logits: Tensor, slots: int, rows: int, workspace_bytes: int) -> Tuple[Tuple[Tensor, ...], Tensor]:
-    """The same as views of three allocations (floats; int32 fields + workspace; int64 counts):
-    each allocation costs the host about as much as a kernel launch. The fields share storage, so
-    this is for eager calls only (custom ops must not return aliased outputs)."""
+    """The same as views of one allocation per field kind (float, int32 followed by the workspace,
+    int64): each allocation costs the host about as much as a kernel launch. The fields share
+    storage, so this is for eager calls only (custom ops must not return aliased outputs)."""
     t, e = logits.shape
-    dev = logits.device
-    floats = torch.empty(t * slots + t * e, dtype=accumulation_dtype(logits.dtype), device=dev)
-    fields = 2 * t * slots + rows
-    head = -(-fields // 64) * 64  # the workspace starts 256-byte aligned
-    ints = torch.empty(head + -(-workspace_bytes // 4), dtype=torch.int32, device=dev)
-    longs = torch.empty(3 * e + 1, dtype=torch.int64, device=dev)
-    weights, probs = floats.split([t * slots, t * e])
-    expert_ids, dest, src, ws = ints.split([t * slots, t * slots, rows, ints.numel() - fields])
-    offsets, tokens, assigned = longs.split([e + 1, e, e])
-    outputs = (weights.view(t, slots), probs.view(t, e), expert_ids.view(t, slots), dest.view(t, slots), src,
-               offsets, tokens, assigned)
-    return outputs, ws[head - fields:]
+    dtypes = plan_dtypes(logits.dtype)
+    shapes = field_shapes(t, e, slots, rows)
+    numels = [math.prod(shape) for shape in shapes]
+    outputs: List[Optional[Tensor]] = [None] * len(PLAN_FIELDS)
+    workspace = None
+    for kind, dtype in dtypes.items():
+        members = [i for i, f in enumerate(PLAN_FIELDS) if f.kind == kind]
+        sizes = [numels[i] for i in members]
+        used = sum(sizes)
+        extra = 0
+        if kind == "int32":  # the workspace follows, 256-byte aligned
+            used = -(-used // 64) * 64
+            extra = -(-workspace_bytes // 4)
+        block = torch.empty(used + extra, dtype=dtype, device=logits.device)
+        for i, part in zip(members, block[:sum(sizes)].split(sizes)):
+            outputs[i] = part.view(shapes[i])
+        if kind == "int32":
+            workspace = block[used:]
+    return tuple(outputs), workspace  # type: ignore[return-value]
 
 
-def route(logits: Tensor, rows: int, k: int, score: str, normalize: str, scale: float, bias: Optional[Tensor],
-          num_groups: Optional[int], topk_groups: Optional[int], capacity: Optional[int],
-          capacity_factor: Optional[float], min_capacity: int, capacity_multiple: int, priority: str,
-          pad_to: int, packed: bool = False) -> Tuple[Tensor, ...]:
+def route(logits: Tensor, options: RouteOptions, bias: Optional[Tensor], packed: bool = False) -> Tuple[Tensor, ...]:
     logits = logits.detach().contiguous()
     dtype_name = activation_name(logits, "logits")
     t, e = logits.shape
+    _, rows = _core.route_layout(t, e, options)
     allocate = _packed_plan_outputs if packed else _plan_outputs
-    outputs, ws = allocate(logits, k, rows, _core.cuda_route_workspace(dtype_name, t, e, k, num_groups))
-    bias_ptr = 0
+    workspace_bytes = _core.cuda_route_workspace(dtype_name, t, e, options.k, options.num_groups)
+    outputs, ws = allocate(logits, options.k, rows, workspace_bytes)
+    bias_ptr = None
     if bias is not None:
         bias = bias.detach().to(device=logits.device, dtype=accumulation_dtype(logits.dtype)).contiguous()
         bias_ptr = bias.data_ptr()
     device, stream = _stream(logits)
-    _core.cuda_route(device, stream, logits.data_ptr(), dtype_name, t, e, k, score, normalize, scale, bias_ptr,
-                     num_groups, topk_groups, capacity, capacity_factor, min_capacity, capacity_multiple, priority,
-                     pad_to, tuple(o.data_ptr() for o in outputs), ws.data_ptr(), ws.numel() * ws.element_size())
+    _core.cuda_route(device, stream, logits.data_ptr(), dtype_name, t, e, options, bias_ptr,
+                     tuple(o.data_ptr() for o in outputs), ws.data_ptr(), ws.numel() * ws.element_size())
     return outputs
 
 
-def expert_choice(logits: Tensor, capacity: Optional[int], capacity_factor: float, rows: int) -> Tuple[Tensor, ...]:
+def expert_choice(logits: Tensor, capacity: Optional[int], capacity_factor: float) -> Tuple[Tensor, ...]:
     logits = logits.detach().contiguous()
     dtype_name = activation_name(logits, "logits")
     t, e = logits.shape
-    outputs, ws = _plan_outputs(logits, e, rows, _core.cuda_route_workspace(dtype_name, t, e, 0, None))
+    _, rows = _core.expert_choice_layout(t, e, capacity, capacity_factor)
+    outputs, ws = _plan_outputs(logits, e, rows, _core.cuda_expert_choice_workspace(dtype_name, t, e))
     device, stream = _stream(logits)
     _core.cuda_expert_choice(device, stream, logits.data_ptr(), dtype_name, t, e, capacity, capacity_factor,
                              tuple(o.data_ptr() for o in outputs), ws.data_ptr(), ws.numel())
@@ -97,18 +98,26 @@ def permute(x: Tensor, src: Tensor) -> Tensor:
     return xp
 
 
-def combine(rows: Tensor, dest: Tensor, weights: Optional[Tensor]) -> Tensor:
-    """y[t] = Σ_s w[t,s] · rows[dest[t,s]]; weights None means 1 (permute's backward pass)."""
-    rows, dest = rows.detach().contiguous(), dest.contiguous()
-    w_ptr = 0
-    if weights is not None:
-        weights = weights.detach().to(accumulation_dtype(rows.dtype)).contiguous()
-        w_ptr = weights.data_ptr()
-    y = torch.empty((dest.shape[0], rows.shape[1]), dtype=rows.dtype, device=rows.device)
-    device, stream = _stream(rows)
-    _core.cuda_combine(device, stream, activation_name(rows, "yp"), rows.data_ptr(), rows.shape[0], rows.shape[1],
-                       dest.data_ptr(), dest.shape[1], w_ptr, y.data_ptr(), y.shape[0])
+def combine(yp: Tensor, dest: Tensor, weights: Tensor) -> Tensor:
+    """y[t] = Σ_s w[t,s] · yp[dest[t,s]]."""
+    yp, dest = yp.detach().contiguous(), dest.contiguous()
+    w = weights.detach().to(accumulation_dtype(yp.dtype)).contiguous()
+    y = torch.empty((dest.shape[0], yp.shape[1]), dtype=yp.dtype, device=yp.device)
+    device, stream = _stream(yp)
+    _core.cuda_combine(device, stream, activation_name(yp, "yp"), yp.data_ptr(), yp.shape[0], yp.shape[1],
+                       dest.data_ptr(), dest.shape[1], w.data_ptr(), y.data_ptr(), y.shape[0])
     return y
+
+
+def permute_backward(grad_xp: Tensor, dest: Tensor) -> Tensor:
+    """grad_x[t] = Σ_s grad_xp[dest[t,s]]."""
+    grad_xp, dest = grad_xp.detach().contiguous(), dest.contiguous()
+    grad_x = torch.empty((dest.shape[0], grad_xp.shape[1]), dtype=grad_xp.dtype, device=grad_xp.device)
+    device, stream = _stream(grad_xp)
+    _core.cuda_permute_backward(device, stream, activation_name(grad_xp, "grad_xp"), grad_xp.data_ptr(),
+                                grad_xp.shape[0], grad_xp.shape[1], dest.data_ptr(), dest.shape[1],
+                                grad_x.data_ptr(), grad_x.shape[0])
+    return grad_x
 
 
 def combine_backward(grad_y: Tensor, yp: Tensor, dest: Tensor, src: Tensor, weights: Tensor) -> Tuple[Tensor, Tensor]:
@@ -135,7 +144,7 @@ def route_backward(grad_weights: Tensor, grad_probs: Optional[Tensor], probs: Te
     out = torch.empty_like(probs)
     device, stream = _stream(probs)
     t, e = probs.shape
-    _core.cuda_route_backward(device, stream, acc == torch.float64, t, e, ids.shape[1], gw.data_ptr(),
-                              0 if gp is None else gp.data_ptr(), probs.data_ptr(), ids.data_ptr(), dest.data_ptr(),
+    _core.cuda_route_backward(device, stream, activation_name(probs, "plan.probs"), t, e, ids.shape[1], gw.data_ptr(),
+                              None if gp is None else gp.data_ptr(), probs.data_ptr(), ids.data_ptr(), dest.data_ptr(),
                               score, normalize, scale, out.data_ptr())
     return out

@@ -11,12 +11,13 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .. import losses as _losses
 from ..errors import ArgumentError
-from ..ops import expert_choice, route
+from ..options import RouteOptions
+from . import _custom_ops
+from . import losses as _losses
 from .experts import ModuleExperts, StackedFFN, matmul_dtype
 from ._gate import gate_and_rows
-from ._ops import combine as _combine_op, permute_shared
+from .ops import expert_choice, route_with_options
 
 
 @dataclass
@@ -95,10 +96,10 @@ class MoE(nn.Module):
         if experts is not None and len(experts) != num_experts:
             raise ArgumentError(f"experts: got {len(experts)} modules, expected num_experts = {num_experts}")
         self.hidden_size, self.num_experts, self.top_k, self.routing = hidden_size, num_experts, top_k, routing
-        self.route_options = dict(score=score, normalize=normalize, scale=scale, num_groups=num_groups,
-                                  topk_groups=topk_groups, capacity=capacity, capacity_factor=capacity_factor,
-                                  min_capacity=min_capacity, capacity_multiple=capacity_multiple,
-                                  priority=priority, pad_to=pad_to)
+        self.route_options = RouteOptions(top_k, score=score, normalize=normalize, scale=scale,
+                                          num_groups=num_groups, topk_groups=topk_groups, capacity=capacity,
+                                          capacity_factor=capacity_factor, min_capacity=min_capacity,
+                                          capacity_multiple=capacity_multiple, priority=priority, pad_to=pad_to)
         self.router = nn.Linear(hidden_size, num_experts, bias=False)
         self.noise = nn.Linear(hidden_size, num_experts, bias=False) if noisy_gating else None
         if self.noise is not None:
@@ -156,9 +157,9 @@ class MoE(nn.Module):
         plan = self.plan(logits)
         row_uses = getattr(self.experts, "row_uses", None)
         uses = row_uses(tokens.dtype, tokens.device) if row_uses is not None else 1
-        xp, *more_uses = permute_shared(rows, plan.src, plan.dest, uses)
+        xp, *more_uses = _custom_ops.permute_shared(rows, plan.src, plan.dest, uses)
         yp = self.experts(xp, plan.expert_offsets, *more_uses)
-        y = _combine_op(yp, plan.dest, plan.src, plan.weights)
+        y = _custom_ops.combine(yp, plan.dest, plan.src, plan.weights)
         self._record(plan, clean, logits, noise_std)
         return y.reshape(shape)
 
@@ -168,9 +169,10 @@ class MoE(nn.Module):
             logits = logits.float()
         o = self.route_options
         if self.routing == "expert":
-            return expert_choice(logits, capacity=o["capacity"], capacity_factor=o["capacity_factor"] or 1.0)
-        bias = self.expert_bias if self.bias_update_rate > 0 else None
-        return route(logits, self.top_k, bias=bias, **o)
+            return expert_choice(logits, capacity=o.capacity, capacity_factor=o.capacity_factor or 1.0)
+        if self.bias_update_rate > 0:
+            o = o.with_bias(self.expert_bias)
+        return route_with_options(logits, o)
 
     def _record(self, plan, clean: torch.Tensor, logits: torch.Tensor, noise_std: Optional[torch.Tensor]) -> None:
         terms: Dict[str, torch.Tensor] = {}

@@ -1,0 +1,104 @@
+"""Checks shared by the NumPy and torch fronts (one of each): scalar arguments, the number of picks,
+row counts and weight shapes against a plan, and the activation dtypes and their accumulation
+dtype. Framework-neutral: arrays and tensors are read through their shape / dtype name only."""
+
+from __future__ import annotations
+
+import operator
+from typing import Any, Optional, Sequence, Tuple
+
+import numpy as np
+
+from .errors import ArgumentError, DTypeError, ShapeError
+
+# The activation dtypes, by name; half types travel to the CPU core as 16-bit integer views.
+ACTIVATION_DTYPES = ("float32", "float64", "float16", "bfloat16")
+HALF_DTYPES = ("float16", "bfloat16")
+ACTIVATION_EXPECTED = "float32, float64, float16 or bfloat16"
+
+
+def accumulation_name(dtype_name: str) -> str:
+    """The dtype kernels accumulate an activation dtype in (and plans hold weights in): float64 for
+    float64, float32 for the rest."""
+    return "float64" if dtype_name == "float64" else "float32"
+
+
+def bad_activation_dtype(name: str, dtype: Any) -> DTypeError:
+    return DTypeError(f"{name}: got dtype {dtype}, expected {ACTIVATION_EXPECTED}")
+
+
+def expect_rows(name: str, shape: Sequence[int], rows: int, what: str) -> None:
+    """A (rows, H) activation: its first dimension must be `rows` (what: where that number comes from)."""
+    if shape[0] != rows:
+        raise ShapeError(f"{name}: got shape {list(shape)}, expected [{rows}, H] ({what})")
+
+
+def expect_weights_shape(shape: Sequence[int], plan_shape: Sequence[int]) -> None:
+    """Given combine weights must be (T, S), the shape of the plan's expert_ids."""
+    if tuple(shape) != tuple(plan_shape):
+        raise ShapeError(f"weights: got shape {list(shape)}, expected {list(plan_shape)} (T, S)")
+
+
+def expect_logits_shape(shape: Sequence[int], plan_shape: Sequence[int]) -> None:
+    """route_backward's logits must be the plan's (T, E)."""
+    if tuple(shape) != tuple(plan_shape):
+        raise ShapeError(f"logits: got shape {list(shape)}, expected {list(plan_shape)} (the plan's T, E)")
+
+
+def shape_error(name: str, shape: Sequence[int], ndim: int, kind: str) -> ShapeError:
+    dims = ", ".join("_" for _ in range(ndim))
+    return ShapeError(f"{name}: got shape {list(shape)}, expected a {ndim}-D {kind} [{dims}]")
+
+
+_TENSOR_TYPES: set = set()
+
+
+def is_torch(value: Any) -> bool:
+    """Whether value is a torch.Tensor, told without importing torch (its type's module and a
+    tensor method); the tensor types seen are remembered, so later calls are one set lookup."""
+    kind = type(value)
+    if kind in _TENSOR_TYPES:
+        return True
+    if kind.__module__.startswith("torch") and hasattr(value, "data_ptr"):
+        _TENSOR_TYPES.add(kind)
+        return True
+    return False
+
+
+# ------------------------------------------------------------------------------- scalar checks
+
+def integer(value: Any, name: str, minimum: Optional[int] = None) -> int:
+    """An int (Python or NumPy integer, not bool), optionally at least `minimum`."""
+    if isinstance(value, (bool, np.bool_)):
+        raise DTypeError(f"{name}: got {value!r}, expected an integer")
+    try:
+        result = operator.index(value)
+    except TypeError:
+        raise DTypeError(f"{name}: got {value!r} of type {type(value).__name__}, expected an integer") from None
+    if minimum is not None and result < minimum:
+        raise ArgumentError(f"{name}: got {result}, expected an integer >= {minimum}")
+    return result
+
+
+def optional_integer(value: Any, name: str, minimum: Optional[int] = None) -> Optional[int]:
+    return None if value is None else integer(value, name, minimum)
+
+
+def real(value: Any, name: str) -> float:
+    """A real number (int or float, not bool)."""
+    if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, float, np.integer, np.floating)):
+        raise DTypeError(f"{name}: got {value!r} of type {type(value).__name__}, expected a number")
+    return float(value)
+
+
+def choice(value: Any, name: str, options: Tuple[str, ...]) -> str:
+    if not isinstance(value, str) or value not in options:
+        expected = ", ".join(repr(o) for o in options)
+        raise ArgumentError(f"{name}: got {value!r}, expected one of {expected}")
+    return value
+
+
+def check_top_k(k: int, num_experts: int, name: str = "k") -> None:
+    """k picks per token must be in [1, E] (E = 0 allows none)."""
+    if not 1 <= k <= max(num_experts, 1):
+        raise ArgumentError(f"{name}: got {k}, expected an integer in [1, {num_experts}] (the number of experts)")

@@ -1,0 +1,168 @@
+"""The NumPy front: moeroute's ops on NumPy arrays. Checks and converts the arrays, calls the Rust
+core, wraps its outputs; never imports torch (tensors go through moeroute.torch)."""
+
+from __future__ import annotations
+
+from typing import Any, Optional, Tuple
+
+import numpy as np
+
+from .. import _core
+from .._checks import (accumulation_name, expect_logits_shape, expect_rows, expect_weights_shape,
+                       optional_integer, real)
+from ..errors import DTypeError, ShapeError
+from ..options import RouteOptions, route_function
+from ..plan import RoutingPlan, expect_plan
+from ._convert import activation, float_array, restore
+
+
+def route_with_options(logits: Any, options: RouteOptions) -> RoutingPlan:
+    """`route` with its options built once (see moeroute.RouteOptions)."""
+    storage, dtype_name, _ = activation(logits, "logits", ndim=2)
+    options.check_experts(storage.shape[1])
+    bias = options.bias
+    if bias is not None and not isinstance(bias, np.ndarray):  # a CPU tensor's values
+        bias = np.asarray(bias.tolist(), dtype=np.float64)
+    return RoutingPlan._from_core(_core.route(storage, dtype_name, options, bias), options.score,
+                                  options.normalize, options.scale)
+
+
+route = route_function(route_with_options, __name__)
+
+
+def expert_choice(logits: Any, *, capacity_factor: float = 1.0, capacity: Optional[int] = None) -> RoutingPlan:
+    """Expert-choice routing (Zhou et al. 2022): each expert takes its C highest-probability tokens.
+
+    Args:
+        logits: (T, E) float router logits; probs = softmax over experts.
+        capacity_factor: C = ceil(T * capacity_factor / E) when capacity is None.
+        capacity: tokens per expert.
+
+    Returns:
+        RoutingPlan with S = E slots: slot e of a token is expert e (expert_ids[t, e] = e if expert e
+        took token t, else -1), weights[t, e] = probs[t, e] where taken, R = E * C rows.
+
+    Example:
+        >>> import numpy as np, moeroute
+        >>> plan = moeroute.expert_choice(np.array([[2.0, 0.0], [0.0, 1.0]]), capacity=1)
+        >>> plan.src.tolist()
+        [0, 1]
+    """
+    capacity = optional_integer(capacity, "capacity", 0)
+    capacity_factor = real(capacity_factor, "capacity_factor")
+    storage, dtype_name, _ = activation(logits, "logits", ndim=2)
+    return RoutingPlan._from_core(_core.expert_choice(storage, dtype_name, capacity, capacity_factor),
+                                  "softmax", "none", 1.0)
+
+
+def permute(x: Any, plan: RoutingPlan) -> np.ndarray:
+    """Gathers token rows into expert-contiguous rows: xp[r] = x[plan.src[r]], padding rows 0.
+
+    Args:
+        x: (T, H) float activations.
+        plan: the RoutingPlan of these T tokens.
+
+    Returns:
+        xp: (R, H), dtype of x.
+    """
+    plan = expect_plan(plan)
+    storage, dtype_name, dtype = activation(x, "x", ndim=2)
+    expect_rows("x", storage.shape, plan.num_tokens, "T = plan.num_tokens")
+    return restore(_core.permute(storage, dtype_name, plan.src), dtype)
+
+
+def _weights(weights: Any, plan: RoutingPlan, dtype_name: str) -> np.ndarray:
+    """The combine weights in the accumulation dtype: the plan's own, or checked (T, S) weights."""
+    acc = np.dtype(accumulation_name(dtype_name))
+    if weights is None:
+        return np.ascontiguousarray(plan.weights, dtype=acc)
+    given = weights if isinstance(weights, np.ndarray) else np.asarray(weights)
+    if given.dtype not in (np.float32, np.float64):
+        raise DTypeError(f"weights: got dtype {given.dtype}, expected float32 or float64")
+    w = float_array(given, "weights", acc, ndim=2)
+    expect_weights_shape(w.shape, plan.expert_ids.shape)
+    return w
+
+
+def combine(yp: Any, plan: RoutingPlan, weights: Any = None) -> np.ndarray:
+    """Scatters expert outputs back to tokens: y[t] = sum over kept slots of w[t,s] * yp[dest[t,s]].
+
+    Summed in slot order, accumulated in float32 (float64 for float64 yp).
+
+    Args:
+        yp: (R, H) float expert outputs, rows as laid out by `permute`.
+        plan: the RoutingPlan.
+        weights: (T, S) float weights; default plan.weights.
+
+    Returns:
+        y: (T, H), dtype of yp.
+    """
+    plan = expect_plan(plan)
+    storage, dtype_name, dtype = activation(yp, "yp", ndim=2)
+    expect_rows("yp", storage.shape, plan.num_rows, "R = plan.num_rows")
+    w = _weights(weights, plan, dtype_name)
+    return restore(_core.combine(storage, dtype_name, plan.dest, w), dtype)
+
+
+def permute_backward(grad_xp: Any, plan: RoutingPlan) -> np.ndarray:
+    """Gradient of permute: grad_x[t] = sum over kept slots of grad_xp[dest[t,s]].
+
+    Args:
+        grad_xp: (R, H) float gradient of xp.
+        plan: the RoutingPlan.
+
+    Returns:
+        grad_x: (T, H), dtype of grad_xp.
+    """
+    plan = expect_plan(plan)
+    storage, dtype_name, dtype = activation(grad_xp, "grad_xp", ndim=2)
+    expect_rows("grad_xp", storage.shape, plan.num_rows, "R = plan.num_rows")
+    return restore(_core.permute_backward(storage, dtype_name, plan.dest), dtype)
+
+
+def combine_backward(grad_y: Any, yp: Any, plan: RoutingPlan, weights: Any = None) -> Tuple[np.ndarray, np.ndarray]:
+    """Gradient of combine w.r.t. yp and the weights.
+
+    Args:
+        grad_y: (T, H) gradient of y, same dtype as yp.
+        yp: (R, H) the expert outputs combine read.
+        plan: the RoutingPlan.
+        weights: (T, S) the weights combine used; default plan.weights.
+
+    Returns:
+        grad_yp: (R, H), dtype of yp: grad_yp[dest[t,s]] = w[t,s] * grad_y[t], padding rows 0.
+        grad_weights: (T, S), dtype of the weights: <grad_y[t], yp[dest[t,s]]>, 0 where dropped.
+    """
+    plan = expect_plan(plan)
+    yp_storage, dtype_name, dtype = activation(yp, "yp", ndim=2)
+    gy_storage, gy_dtype_name, _ = activation(grad_y, "grad_y", ndim=2)
+    if gy_dtype_name != dtype_name:
+        raise DTypeError(f"grad_y: got dtype {gy_dtype_name}, expected the dtype of yp ({dtype_name})")
+    expect_rows("yp", yp_storage.shape, plan.num_rows, "R = plan.num_rows")
+    expect_rows("grad_y", gy_storage.shape, plan.num_tokens, "T = plan.num_tokens")
+    if gy_storage.shape[1] != yp_storage.shape[1]:
+        raise ShapeError(f"grad_y: got shape {list(gy_storage.shape)}, expected [{plan.num_tokens}, {yp_storage.shape[1]}] (H of yp)")
+    w = _weights(weights, plan, dtype_name)
+    grad_yp, grad_w = _core.combine_backward(gy_storage, yp_storage, dtype_name, plan.dest, plan.src, w)
+    weights_dtype = plan.weights.dtype if weights is None else np.asarray(weights).dtype
+    return restore(grad_yp, dtype), grad_w.astype(weights_dtype, copy=False)
+
+
+def route_backward(grad_weights: Any, plan: RoutingPlan, logits: Any) -> np.ndarray:
+    """Gradient of the plan's weights w.r.t. the logits (selection is piecewise constant).
+
+    Args:
+        grad_weights: (T, S) float gradient of plan.weights.
+        plan: the RoutingPlan that route / expert_choice made from `logits`.
+        logits: (T, E) the logits the plan was routed from.
+
+    Returns:
+        grad_logits: (T, E), dtype of logits.
+    """
+    plan = expect_plan(plan)
+    storage, _, dtype = activation(logits, "logits", ndim=2)
+    expect_logits_shape(storage.shape, plan.probs.shape)
+    g = float_array(grad_weights, "grad_weights", plan.probs.dtype, ndim=2)
+    grad = _core.route_backward(g, None, plan.probs, plan.expert_ids, plan.dest, plan.score,
+                                plan.normalize, plan.scale)
+    return grad.astype(dtype, copy=False)

@@ -1,0 +1,138 @@
+"""The torch front: moeroute's ops on tensors (CPU or CUDA), differentiable. Checks the tensors,
+runs the `moeroute::` custom ops (_custom_ops) and wraps their outputs in a RoutingPlan of
+tensors. `moeroute.route` etc. come here for tensors; this front never imports the NumPy one."""
+
+from __future__ import annotations
+
+from typing import Any, Optional, Tuple
+
+import torch
+
+from .. import _core
+from .._checks import expect_logits_shape, expect_rows, expect_weights_shape, optional_integer, real
+from ..errors import DTypeError
+from ..options import RouteOptions, route_function
+from ..plan import RoutingPlan, expect_plan
+from . import _custom_ops as ops
+from ._convert import check_activation, check_same_device
+
+Tensor = torch.Tensor
+
+
+def route_with_options(logits: Tensor, options: RouteOptions) -> RoutingPlan:
+    """`route` with its options built once (see moeroute.RouteOptions)."""
+    check_activation(logits, "logits")
+    t, e = logits.shape
+    options.check_experts(e)
+    bias = options.bias
+    if bias is not None:  # (tested first: isinstance(Tensor) is slow, even for None)
+        if isinstance(bias, Tensor):
+            check_same_device(bias, "bias", logits, "logits")
+        else:
+            bias = torch.tensor(bias, dtype=torch.float64)  # (a copy: the options hold a read-only array)
+    outputs = ops.call_route(logits, options, bias)
+    capacity = None if options.dropless else _capacity(int(t), int(e), **options.fields())
+    return RoutingPlan._of(outputs, capacity, options.score, options.normalize, options.scale)
+
+
+@torch.compiler.assume_constant_result
+def _capacity(num_tokens: int, num_experts: int, **fields: Any) -> Optional[int]:
+    """The capacity the core's layout rule gives (a constant to torch.compile, which cannot trace
+    into the extension)."""
+    fields["bias"] = None
+    return _core.route_layout(num_tokens, num_experts, RouteOptions.trusted(**fields))[0]
+
+
+route = route_function(route_with_options, __name__)
+
+
+def expert_choice(logits: Tensor, *, capacity_factor: float = 1.0, capacity: Optional[int] = None) -> RoutingPlan:
+    """moeroute.expert_choice for tensor logits (the plan holds tensors on the logits' device)."""
+    capacity = optional_integer(capacity, "capacity", 0)
+    capacity_factor = real(capacity_factor, "capacity_factor")
+    check_activation(logits, "logits")
+    outputs = ops.call(ops.expert_choice, ops.expert_choice_impl, logits, capacity, capacity_factor)
+    t, e = logits.shape
+    return RoutingPlan._of(outputs, _expert_choice_capacity(int(t), int(e), capacity, capacity_factor),
+                           "softmax", "none", 1.0)
+
+
+@torch.compiler.assume_constant_result
+def _expert_choice_capacity(num_tokens: int, num_experts: int, capacity: Optional[int],
+                            capacity_factor: float) -> int:
+    """The core's expert-choice capacity (a constant to torch.compile)."""
+    return _core.expert_choice_layout(num_tokens, num_experts, capacity, capacity_factor)[0]
+
+
+def permute(x: Tensor, plan: RoutingPlan) -> Tensor:
+    """moeroute.permute for tensors: xp[r] = x[plan.src[r]], padding rows 0."""
+    plan = expect_plan(plan)
+    check_activation(x, "x")
+    check_same_device(x, "x", plan.src, "plan")
+    expect_rows("x", x.shape, plan.num_tokens, "T = plan.num_tokens")
+    return ops.call(ops.permute, ops.permute_impl, x, plan.src, plan.dest)
+
+
+def permute_shared(x: Tensor, plan: RoutingPlan, uses: int) -> Tuple[Tensor, ...]:
+    """permute(x, plan) once, as `uses` tensors, one per use of the rows (e.g. an expert's gate and
+    up projections): on CPU with autograd, the first and views of it, whose gradients permute's
+    backward sums while it gathers (instead of autograd adding the [R, H] gradients in a pass of
+    its own); elsewhere the same tensor `uses` times."""
+    plan = expect_plan(plan)
+    check_activation(x, "x")
+    check_same_device(x, "x", plan.src, "plan")
+    expect_rows("x", x.shape, plan.num_tokens, "T = plan.num_tokens")
+    return ops.permute_shared(x, plan.src, plan.dest, uses)
+
+
+def _weights(weights: Any, plan: RoutingPlan) -> Tensor:
+    """The combine weights: the plan's own, or checked (T, S) weights on the plan's device."""
+    if weights is None:
+        return plan.weights
+    if not isinstance(weights, Tensor):
+        raise DTypeError(f"weights: got {type(weights).__name__}, expected a tensor (or None: the plan's)")
+    check_same_device(weights, "weights", plan.dest, "plan")
+    expect_weights_shape(weights.shape, plan.expert_ids.shape)
+    return weights
+
+
+def combine(yp: Tensor, plan: RoutingPlan, weights: Optional[Tensor] = None) -> Tensor:
+    """moeroute.combine for tensors: y[t] = sum over kept slots of w[t,s] * yp[dest[t,s]]."""
+    plan = expect_plan(plan)
+    check_activation(yp, "yp")
+    check_same_device(yp, "yp", plan.dest, "plan")
+    expect_rows("yp", yp.shape, plan.num_rows, "R = plan.num_rows")
+    return ops.call(ops.combine, ops.combine_impl, yp, plan.dest, plan.src, _weights(weights, plan))
+
+
+def permute_backward(grad_xp: Tensor, plan: RoutingPlan) -> Tensor:
+    """moeroute.permute_backward for tensors: grad_x[t] = sum over kept slots of grad_xp[dest[t,s]]."""
+    plan = expect_plan(plan)
+    check_activation(grad_xp, "grad_xp")
+    check_same_device(grad_xp, "grad_xp", plan.dest, "plan")
+    expect_rows("grad_xp", grad_xp.shape, plan.num_rows, "R = plan.num_rows")
+    return ops.call(ops.permute_backward, ops.permute_backward_impl, grad_xp, plan.dest)
+
+
+def combine_backward(grad_y: Tensor, yp: Tensor, plan: RoutingPlan,
+                     weights: Optional[Tensor] = None) -> Tuple[Tensor, Tensor]:
+    """moeroute.combine_backward for tensors: (grad_yp, grad_weights)."""
+    plan = expect_plan(plan)
+    check_activation(yp, "yp")
+    check_activation(grad_y, "grad_y")
+    check_same_device(yp, "yp", plan.dest, "plan")
+    check_same_device(grad_y, "grad_y", plan.dest, "plan")
+    expect_rows("yp", yp.shape, plan.num_rows, "R = plan.num_rows")
+    expect_rows("grad_y", grad_y.shape, plan.num_tokens, "T = plan.num_tokens")
+    w = _weights(weights, plan)
+    return ops.call(ops.combine_backward, ops.combine_backward_impl, grad_y, yp, plan.dest, plan.src, w.detach())
+
+
+def route_backward(grad_weights: Tensor, plan: RoutingPlan, logits: Tensor) -> Tensor:
+    """moeroute.route_backward for tensors: the gradient of the plan's weights w.r.t. the logits."""
+    plan = expect_plan(plan)
+    check_activation(logits, "logits")
+    expect_logits_shape(logits.shape, plan.probs.shape)
+    grad = ops.call(ops.route_backward, ops.route_backward_impl, grad_weights, None, plan.probs.detach(),
+                    plan.expert_ids, plan.dest, plan.score, plan.normalize, plan.scale)
+    return grad.to(logits.dtype)

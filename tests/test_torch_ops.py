@@ -294,3 +294,36 @@ def test_backward_functions_take_tensors():
     grad_w = torch.from_numpy(want[1])
     np.testing.assert_array_equal(moeroute.route_backward(grad_w, plan, logits).numpy(),
                                   moeroute.route_backward(want[1], ref, logits_np))
+
+
+def test_plan_allocations_follow_the_field_declaration():
+    """The fake plan and the CUDA backend's allocations (one per field, or packed by kind) have the
+    dtypes and shapes moeroute.plan.PLAN_FIELDS declares (checked on CPU tensors: they only allocate)."""
+    from moeroute.plan import PLAN_FIELDS, field_shapes
+    from moeroute.torch import _cuda
+    from moeroute.torch._convert import empty_plan
+
+    kinds = {"float": torch.float32, "int32": torch.int32, "int64": torch.int64}
+    logits = torch.zeros(5, 3)
+    for allocate in (_cuda._plan_outputs, _cuda._packed_plan_outputs):
+        outputs, workspace = allocate(logits, 2, 11, 1000)
+        assert workspace.numel() * workspace.element_size() >= 1000
+        if allocate is _cuda._packed_plan_outputs:  # the workspace follows the int32 fields, 256-byte aligned
+            assert (workspace.data_ptr() - outputs[2].data_ptr()) % 256 == 0
+        for field, shape, tensor in zip(PLAN_FIELDS, field_shapes(5, 3, 2, 11), outputs):
+            assert (tuple(tensor.shape), tensor.dtype) == (shape, kinds[field.kind]), field
+    for field, tensor in zip(PLAN_FIELDS, empty_plan(logits.double(), 2, 11)):
+        assert tensor.dtype == (torch.float64 if field.kind == "float" else kinds[field.kind]), field
+
+
+def test_core_stub_lists_the_plan_fields_in_order():
+    """_core.pyi's description of the plan tuple names the declared fields, in order, with their shapes."""
+    import pathlib
+    import re
+    from moeroute.plan import PLAN_FIELDS
+
+    stub = (pathlib.Path(moeroute.__file__).parent / "_core.pyi").read_text()
+    block = stub[stub.index("# A plan as route / expert_choice return it"):stub.index("PlanTuple =")]
+    described = [(name, tuple(d.replace(" ", "") for d in dims.split(",")))
+                 for name, dims in re.findall(r"(\w+)\s*(?:#\s*)?\[([^\]]+)\]", block)]
+    assert described == [(f.name, f.shape) for f in PLAN_FIELDS]

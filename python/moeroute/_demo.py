@@ -153,8 +153,8 @@ def print_specialization(table: np.ndarray) -> None:
 
 def print_balance(plan, tokens: int) -> None:
     kept = plan.tokens_per_expert.numpy()
-    picks = tokens * plan.top_k
-    print(f"\nload balance (layer 1, test set, {tokens} tokens, top-{plan.top_k}, capacity {plan.capacity} per expert):")
+    picks = tokens * plan.num_slots
+    print(f"\nload balance (layer 1, test set, {tokens} tokens, top-{plan.num_slots}, capacity {plan.capacity} per expert):")
     print("  tokens per expert (kept):     " + " ".join(f"{int(n):>4d}" for n in kept))
     print("  assigned (before capacity):   " + " ".join(f"{int(n):>4d}" for n in plan.assigned_per_expert.numpy()))
     print(f"  min/max ratio {kept.min() / max(kept.max(), 1):.2f}  (1.00 is perfectly balanced)")

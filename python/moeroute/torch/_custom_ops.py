@@ -12,7 +12,7 @@ import torch
 
 from .. import _core
 from ..options import ROUTE_OPTION_NAMES, RouteOptions
-from ..plan import PLAN_FIELDS
+from ..plan import FIELD_NAMES, PLAN_FIELDS
 from . import _cpu, _cuda
 from ._convert import empty_plan
 
@@ -106,8 +106,8 @@ def _(logits, k, score, normalize, scale, bias, num_groups, topk_groups, capacit
 
 
 def _save_route(ctx, logits: Tensor, score: str, normalize: str, scale: float, output) -> None:
-    _, probs, expert_ids, dest = output[:4]
-    ctx.save_for_backward(probs, expert_ids, dest)
+    fields = dict(zip(FIELD_NAMES, output))
+    ctx.save_for_backward(fields["probs"], fields["expert_ids"], fields["dest"])
     ctx.options = (score, normalize, scale, logits.dtype)
 
 

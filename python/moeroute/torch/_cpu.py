@@ -21,11 +21,13 @@ def _plan_tensors(fields: tuple) -> Tuple[Tensor, ...]:
     return tuple([from_numpy(a) for a in fields[:-1]])
 
 
-def route(logits: Tensor, options: RouteOptions, bias: Optional[Tensor]) -> Tuple[Tensor, ...]:
-    """The plan's tensors; `bias` (the options' own, as a tensor) goes to the core as float64."""
+def route(logits: Tensor, options: RouteOptions, bias: Optional[Tensor]) -> Tuple[Tuple[Tensor, ...], Optional[int]]:
+    """(the plan's tensors, its capacity or None); `bias` (the options' own, as a tensor) goes to
+    the core as float64."""
     storage, dtype_name = to_storage(logits, "logits", 2)
     bias_array = None if bias is None else index_array(bias.to(torch.float64), "bias")
-    return _plan_tensors(_core.route(storage, dtype_name, options, bias_array))
+    fields = _core.route(storage, dtype_name, options, bias_array)
+    return _plan_tensors(fields), fields[-1]
 
 
 def expert_choice(logits: Tensor, capacity: Optional[int], capacity_factor: float) -> Tuple[Tensor, ...]:

@@ -59,11 +59,13 @@ def _packed_plan_outputs(logits: Tensor, slots: int, rows: int, workspace_bytes:
     return tuple(outputs), workspace  # type: ignore[return-value]
 
 
-def route(logits: Tensor, options: RouteOptions, bias: Optional[Tensor], packed: bool = False) -> Tuple[Tensor, ...]:
+def route(logits: Tensor, options: RouteOptions, bias: Optional[Tensor],
+          packed: bool = False) -> Tuple[Tuple[Tensor, ...], Optional[int]]:
+    """(the plan's tensors, its capacity or None)."""
     logits = logits.detach().contiguous()
     dtype_name = activation_name(logits, "logits")
     t, e = logits.shape
-    _, rows = _core.route_layout(t, e, options)
+    capacity, rows = _core.route_layout(t, e, options)
     allocate = _packed_plan_outputs if packed else _plan_outputs
     workspace_bytes = _core.cuda_route_workspace(dtype_name, t, e, options.k, options.num_groups)
     outputs, ws = allocate(logits, options.k, rows, workspace_bytes)
@@ -74,7 +76,7 @@ def route(logits: Tensor, options: RouteOptions, bias: Optional[Tensor], packed:
     device, stream = _stream(logits)
     _core.cuda_route(device, stream, logits.data_ptr(), dtype_name, t, e, options, bias_ptr,
                      tuple(o.data_ptr() for o in outputs), ws.data_ptr(), ws.numel() * ws.element_size())
-    return outputs
+    return outputs, capacity
 
 
 def expert_choice(logits: Tensor, capacity: Optional[int], capacity_factor: float) -> Tuple[Tensor, ...]:

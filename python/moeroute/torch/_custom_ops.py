@@ -85,7 +85,7 @@ def route_op_impl(logits: Tensor, k: int, score: str, normalize: str, scale: flo
         k=k, score=score, normalize=normalize, scale=scale, bias=None, num_groups=num_groups, topk_groups=topk_groups,
         capacity=capacity, capacity_factor=capacity_factor, min_capacity=min_capacity,
         capacity_multiple=capacity_multiple, priority=priority, pad_to=pad_to)
-    return _backend(logits).route(logits, options, bias)
+    return _backend(logits).route(logits, options, bias)[0]
 
 
 route = torch.library.custom_op("moeroute::route", mutates_args=())(route_op_impl)
@@ -138,7 +138,7 @@ class _RouteEager(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, logits, options, bias):
-        output = _backend(logits).route(logits, options, bias)
+        output, _ = _backend(logits).route(logits, options, bias)
         _save_route(ctx, logits, options.score, options.normalize, options.scale, output)
         return output
 
@@ -148,23 +148,37 @@ class _RouteEager(torch.autograd.Function):
         return _grad_logits(ctx, grad_weights, grad_probs), None, None
 
 
-def call_route(logits: Tensor, options: RouteOptions, bias: Optional[Tensor]) -> PlanTensors:
-    """route in the way `call` runs the other ops. Eager calls autograd does not record get, on
-    CUDA, the plan's fields as views of three allocations instead of nine (custom ops must not
-    return aliases)."""
-    if torch.compiler.is_compiling():
-        fields = options.fields()
+def call_route(logits: Tensor, options: RouteOptions, bias: Optional[Tensor]) -> Tuple[PlanTensors, Optional[int]]:
+    """(the plan's tensors, its capacity or None): route in the way `call` runs the other ops.
+    Eager calls autograd does not record get, on CUDA, the plan's fields as views of three
+    allocations instead of nine (custom ops must not return aliases)."""
+    compiling = torch.compiler.is_compiling()
+    if compiling or (type(logits) is not Tensor and type(logits) is not _PARAMETER and isinstance(logits, Tensor)):
+        fields = options.fields()  # (under torch.compile, or fake / functional tensors of a tracer)
         fields["bias"] = bias
-        return route(logits, **fields)
-    if type(logits) is not Tensor and type(logits) is not _PARAMETER and isinstance(logits, Tensor):
-        fields = options.fields()
-        fields["bias"] = bias
-        return route(logits, **fields)  # fake / functional tensors of a tracer
+        return route(logits, **fields), _layout_capacity(logits, options, compiling)
     if logits.requires_grad and torch.is_grad_enabled():
-        return _RouteEager.apply(logits, options, bias)
+        return _RouteEager.apply(logits, options, bias), _layout_capacity(logits, options, compiling)
     if logits.is_cuda:
         return _cuda.route(logits, options, bias, packed=True)
     return _cpu.route(logits, options, bias)
+
+
+def _layout_capacity(logits: Tensor, options: RouteOptions, compiling: bool) -> Optional[int]:
+    """The capacity of a route's plan, as the core's layout rule gives it."""
+    if options.dropless:
+        return None
+    t, e = logits.shape
+    if compiling:
+        return _capacity(int(t), int(e), **options.fields())
+    return _core.route_layout(int(t), int(e), options)[0]
+
+
+@torch.compiler.assume_constant_result
+def _capacity(num_tokens: int, num_experts: int, **fields) -> Optional[int]:
+    """The core's capacity, a constant to torch.compile (which cannot trace into the extension)."""
+    fields["bias"] = None
+    return _core.route_layout(num_tokens, num_experts, RouteOptions.trusted(**fields))[0]
 
 
 def route_backward_impl(grad_weights: Tensor, grad_probs: Optional[Tensor], probs: Tensor, expert_ids: Tensor,

@@ -30,17 +30,8 @@ def route_with_options(logits: Tensor, options: RouteOptions) -> RoutingPlan:
             check_same_device(bias, "bias", logits, "logits")
         else:
             bias = torch.tensor(bias, dtype=torch.float64)  # (a copy: the options hold a read-only array)
-    outputs = ops.call_route(logits, options, bias)
-    capacity = None if options.dropless else _capacity(int(t), int(e), **options.fields())
+    outputs, capacity = ops.call_route(logits, options, bias)
     return RoutingPlan._of(outputs, capacity, options.score, options.normalize, options.scale)
-
-
-@torch.compiler.assume_constant_result
-def _capacity(num_tokens: int, num_experts: int, **fields: Any) -> Optional[int]:
-    """The capacity the core's layout rule gives (a constant to torch.compile, which cannot trace
-    into the extension)."""
-    fields["bias"] = None
-    return _core.route_layout(num_tokens, num_experts, RouteOptions.trusted(**fields))[0]
 
 
 route = route_function(route_with_options, __name__)

@@ -10,7 +10,7 @@ from hypothesis import strategies as st
 import moeroute
 from moeroute.plan import FIELD_NAMES
 import reference as ref
-from conftest import (DECISIONS, F32, F64, FLOAT_DTYPES, assert_plan_matches, assert_probs_close,
+from conftest import (F32, F64, FLOAT_DTYPES, assert_plan_matches, assert_probs_close,
                       logits_st, route_case)
 
 

@@ -290,4 +290,5 @@ def route_function(route_with_options: Callable[[Any, RouteOptions], Any], where
             capacity_multiple, priority, pad_to))
 
     route.__module__ = where
+    route.__qualname__ = "route"
     return route

@@ -3,7 +3,7 @@ CUDA tensors, differentiable through moeroute's backward kernels, as `torch.ops.
 ops that torch.compile traces; `MoE` is a drop-in Mixture-of-Experts layer built on them.
 `moeroute.route` etc. come here for tensors."""
 
-from . import _custom_ops  # registers the moeroute:: custom ops
+from . import _custom_ops  # noqa: F401  (registers the moeroute:: custom ops)
 from . import losses
 from .experts import ModuleExperts, StackedFFN, grouped_matmul
 from .losses import importance_loss, load_balancing_loss, noisy_load_loss, noisy_load_probs, z_loss

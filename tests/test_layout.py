@@ -70,3 +70,10 @@ def test_numpy_front_runs_without_torch():
         "assert 'moeroute.torch' not in sys.modules\n"
     )
     subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def test_importing_the_torch_front_does_not_import_dynamo():
+    """moeroute.torch marks its compile-time constants without importing torch._dynamo (seconds)."""
+    pytest.importorskip("torch")
+    code = "import sys, moeroute.torch; assert 'torch._dynamo' not in sys.modules, 'torch._dynamo imported'"
+    subprocess.run([sys.executable, "-c", code], check=True)

@@ -174,7 +174,15 @@ def _layout_capacity(logits: Tensor, options: RouteOptions, compiling: bool) -> 
     return _core.route_layout(int(t), int(e), options)[0]
 
 
-@torch.compiler.assume_constant_result
+def constant_result(fn):
+    """Marks `fn` as torch.compile's `assume_constant_result` does (dynamo calls it while tracing
+    and uses its result as a constant), without importing torch._dynamo, which the decorator does
+    and which costs seconds at import; tests/test_torch_moe.py's compiled layers check it works."""
+    fn._dynamo_marked_constant = True
+    return fn
+
+
+@constant_result
 def _capacity(num_tokens: int, num_experts: int, **fields) -> Optional[int]:
     """The core's capacity, a constant to torch.compile (which cannot trace into the extension)."""
     fields["bias"] = None

@@ -48,7 +48,7 @@ def expert_choice(logits: Tensor, *, capacity_factor: float = 1.0, capacity: Opt
                            "softmax", "none", 1.0)
 
 
-@torch.compiler.assume_constant_result
+@ops.constant_result
 def _expert_choice_capacity(num_tokens: int, num_experts: int, capacity: Optional[int],
                             capacity_factor: float) -> int:
     """The core's expert-choice capacity (a constant to torch.compile)."""

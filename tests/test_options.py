@@ -54,3 +54,23 @@ def test_immutable_comparable_picklable():
     assert options.replace(capacity_factor=None).dropless and not options.dropless
     assert options != RouteOptions(2, capacity_factor=1.5, bias=options.bias)
     assert "capacity_factor=1.25" in repr(options) and "priority" not in repr(options)
+
+
+def test_route_signatures_are_route_options_signature():
+    """Every route function takes exactly RouteOptions' parameters, with the same defaults (the
+    signature is written twice, in options.py, for editors and type checkers: this keeps them equal)."""
+    import inspect
+
+    import moeroute.numpy
+
+    want = [(p.name, p.kind, p.default) for p in inspect.signature(RouteOptions).parameters.values()]
+    fronts = [moeroute.route, moeroute.numpy.route]
+    try:
+        import moeroute.torch
+        fronts.append(moeroute.torch.route)
+    except ImportError:
+        pass
+    for route in fronts:
+        params = list(inspect.signature(route).parameters.values())
+        assert params[0].name == "logits"
+        assert [(p.name, p.kind, p.default) for p in params[1:]] == want, route.__module__

@@ -67,8 +67,13 @@ def is_torch(value: Any) -> bool:
 
 # ------------------------------------------------------------------------------- scalar checks
 
+# The largest integer option the core takes (a 64-bit size).
+INT_LIMIT = 2**63 - 1
+
+
 def integer(value: Any, name: str, minimum: Optional[int] = None) -> int:
-    """An int (Python or NumPy integer, not bool), optionally at least `minimum`."""
+    """An int (Python or NumPy integer, not bool), optionally at least `minimum`, and at most
+    INT_LIMIT."""
     if isinstance(value, (bool, np.bool_)):
         raise DTypeError(f"{name}: got {value!r}, expected an integer")
     try:
@@ -77,6 +82,9 @@ def integer(value: Any, name: str, minimum: Optional[int] = None) -> int:
         raise DTypeError(f"{name}: got {value!r} of type {type(value).__name__}, expected an integer") from None
     if minimum is not None and result < minimum:
         raise ArgumentError(f"{name}: got {result}, expected an integer >= {minimum}")
+    if result > INT_LIMIT:
+        low = "" if minimum is None else f" >= {minimum} and"
+        raise ArgumentError(f"{name}: got {result}, expected an integer{low} <= {INT_LIMIT}")
     return result
 
 

@@ -80,6 +80,11 @@ def noisy_load_loss(clean_logits: Any, noise_std: Any, noisy_logits: Any, k: int
     return _front(clean_logits).noisy_load_loss(clean_logits, noise_std, noisy_logits, k)
 
 
+def plan_as_tensors(plan: RoutingPlan, device: str) -> RoutingPlan:
+    """A NumPy plan's arrays as tensors on `device` (RoutingPlan.load of a saved torch plan)."""
+    return _torch().plan_as_tensors(plan, device)
+
+
 # Each dispatcher documents what its NumPy twin does (the torch twin does the same on tensors).
 for _name in ("expert_choice", "permute", "combine", "permute_backward", "combine_backward", "route_backward",
               "load_balancing_loss", "z_loss", "importance_loss", "noisy_load_probs", "noisy_load_loss"):

@@ -170,38 +170,82 @@ class RoutingPlan:
         )
 
     def to_dict(self) -> Dict[str, np.ndarray]:
-        """All fields as NumPy arrays, ready for np.savez (capacity -1 means dropless)."""
+        """All fields as NumPy arrays, ready for np.savez (capacity -1 means dropless), with the
+        framework ("numpy" or "torch") and device ("cpu", "cuda:0", ...) the plan's arrays are in."""
         d = {name: _numpy(getattr(self, name)) for name in FIELD_NAMES}
         d["capacity"] = np.asarray(-1 if self.capacity is None else self.capacity, dtype=np.int64)
         d["score"] = np.asarray(self.score)
         d["normalize"] = np.asarray(self.normalize)
         d["scale"] = np.asarray(self.scale, dtype=np.float64)
+        framework, device = _where(self.src)
+        d["framework"] = np.asarray(framework)
+        d["device"] = np.asarray(device)
         return d
 
     @classmethod
-    def from_dict(cls, d: Mapping[str, Any]) -> "RoutingPlan":
-        """Rebuilds (and validates) a plan from `to_dict()` output or an np.load of it."""
+    def from_dict(cls, d: Mapping[str, Any], device: Optional[str] = None) -> "RoutingPlan":
+        """Rebuilds (and validates) a plan from `to_dict()` output or an np.load of it, in the
+        framework it was saved from (a torch plan comes back as tensors, on its saved device or on
+        `device` if given; dicts without a framework give NumPy plans)."""
         missing = [name for name in FIELD_NAMES + ("capacity",) if name not in d]
         if missing:
             raise ShapeError(f"plan dict: missing fields {missing}")
         capacity = int(np.asarray(d["capacity"]))
-        return cls(
+        plan = cls(
             **{name: np.asarray(d[name]) for name in FIELD_NAMES},
             capacity=None if capacity < 0 else capacity,
             score=str(np.asarray(d.get("score", "softmax"))),
             normalize=str(np.asarray(d.get("normalize", "topk"))),
             scale=float(np.asarray(d.get("scale", 1.0))),
         )
+        framework = str(np.asarray(d.get("framework", "numpy")))
+        if framework == "numpy" and device is None:
+            return plan
+        if framework not in ("numpy", "torch"):
+            raise PlanError(f"plan dict: framework is {framework!r}, expected 'numpy' or 'torch'")
+        from . import _dispatch  # (the one module that knows the torch front)
+        return _dispatch.plan_as_tensors(plan, device or str(np.asarray(d.get("device", "cpu"))))
 
     def save(self, path: Any) -> None:
-        """Writes the plan to an .npz file."""
+        """Writes the plan to an .npz file (with its framework and device, see to_dict)."""
         np.savez(path, **self.to_dict())
 
     @classmethod
-    def load(cls, path: Any) -> "RoutingPlan":
-        """Reads a plan written by `save` and validates it."""
+    def load(cls, path: Any, device: Optional[str] = None) -> "RoutingPlan":
+        """Reads a plan written by `save` and validates it; a torch plan comes back as tensors, on
+        its saved device or on `device`."""
         with np.load(path) as data:
-            return cls.from_dict({name: data[name] for name in data.files})
+            return cls.from_dict({name: data[name] for name in data.files}, device=device)
+
+    def __reduce__(self) -> Any:
+        """Pickling (also copy.deepcopy and torch.save): the arrays as they are (tensors detached
+        from autograd, on their device), validated again when unpickled."""
+        arrays = tuple(_detached(getattr(self, name)) for name in FIELD_NAMES)
+        return (_restore_plan, (arrays, self.capacity, self.score, self.normalize, self.scale))
+
+    def __copy__(self) -> "RoutingPlan":
+        return self  # (immutable: a shallow copy would share every array anyway)
+
+
+def _restore_plan(arrays: Tuple[Any, ...], capacity: Optional[int], score: str, normalize: str,
+                  scale: float) -> RoutingPlan:
+    """A pickled plan, validated; tensors stay tensors on their device."""
+    checked = RoutingPlan(**{name: _numpy(a) for name, a in zip(FIELD_NAMES, arrays)}, capacity=capacity,
+                          score=score, normalize=normalize, scale=scale)
+    if all(isinstance(a, np.ndarray) for a in arrays):
+        return checked
+    return RoutingPlan._of(arrays, checked.capacity, checked.score, checked.normalize, checked.scale)
+
+
+def _where(array: Any) -> Tuple[str, str]:
+    """(framework, device) of a plan array."""
+    if isinstance(array, np.ndarray):
+        return "numpy", "cpu"
+    return "torch", str(array.device)
+
+
+def _detached(array: Any) -> Any:
+    return array if isinstance(array, np.ndarray) else array.detach()
 
 
 # Each slot's setter, in FIELD_NAMES order then capacity, score, normalize, scale.

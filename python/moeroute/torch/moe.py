@@ -4,6 +4,7 @@ bias and the auxiliary losses, and per-forward routing statistics."""
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Dict, Optional, Sequence
 
@@ -11,8 +12,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..errors import ArgumentError
+from .._checks import check_top_k, choice, integer, optional_integer, real
+from ..errors import ArgumentError, DTypeError, ShapeError
 from ..options import RouteOptions
+from .. import _core
 from . import _custom_ops
 from . import losses as _losses
 from .experts import ModuleExperts, StackedFFN, matmul_dtype
@@ -91,10 +94,25 @@ class MoE(nn.Module):
         noisy_load_coef: float = 0.0,
     ) -> None:
         super().__init__()
+        hidden_size = integer(hidden_size, "hidden_size", 1)
+        num_experts = integer(num_experts, "num_experts", 1)
+        top_k = integer(top_k, "top_k")
         if routing not in ("token", "expert"):
             raise ArgumentError(f"routing: got {routing!r}, expected 'token' or 'expert'")
+        if routing == "token":
+            check_top_k(top_k, num_experts, "top_k")
         if experts is not None and len(experts) != num_experts:
             raise ArgumentError(f"experts: got {len(experts)} modules, expected num_experts = {num_experts}")
+        ffn_size = optional_integer(ffn_size, "ffn_size", 1)
+        if experts is None:
+            choice(activation, "activation", ("swiglu", "gelu"))
+        jitter = real(jitter, "jitter")
+        if not 0.0 <= jitter < 1.0:
+            raise ArgumentError(f"jitter: got {jitter}, expected a number in [0, 1)")
+        bias_update_rate = _non_negative(bias_update_rate, "bias_update_rate")
+        load_balancing_coef, z_loss_coef, importance_coef, noisy_load_coef = (
+            _non_negative(v, n) for v, n in ((load_balancing_coef, "load_balancing_coef"), (z_loss_coef, "z_loss_coef"),
+                                             (importance_coef, "importance_coef"), (noisy_load_coef, "noisy_load_coef")))
         self.hidden_size, self.num_experts, self.top_k, self.routing = hidden_size, num_experts, top_k, routing
         self.route_options = RouteOptions(top_k, score=score, normalize=normalize, scale=scale,
                                           num_groups=num_groups, topk_groups=topk_groups, capacity=capacity,
@@ -151,8 +169,12 @@ class MoE(nn.Module):
                 and matmul_dtype(tokens.dtype, tokens.device) == tokens.dtype)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """x: (..., hidden_size) tokens (any leading shape) -> the same shape: each token's
+        weighted sum of its experts' outputs. Sets aux_loss, losses and stats."""
+        self._check_input(x)
         shape = x.shape
         tokens = x.reshape(-1, self.hidden_size)
+        self._check_rows(tokens.shape[0])
         logits, clean, noise_std, rows = self.router_logits(tokens)
         plan = self.plan(logits)
         row_uses = getattr(self.experts, "row_uses", None)
@@ -162,6 +184,36 @@ class MoE(nn.Module):
         y = _custom_ops.combine(yp, plan.dest, plan.src, plan.weights)
         self._record(plan, clean, logits, noise_std)
         return y.reshape(shape)
+
+    def _check_input(self, x: torch.Tensor) -> None:
+        if not isinstance(x, torch.Tensor):
+            raise DTypeError(f"x: got {type(x).__name__}, expected a tensor of shape (..., {self.hidden_size})")
+        if x.dim() == 0 or x.shape[-1] != self.hidden_size:
+            raise ShapeError(f"x: got shape {list(x.shape)}, expected (..., {self.hidden_size}) (hidden_size)")
+        weight = self.router.weight
+        if x.dtype != weight.dtype:
+            raise DTypeError(f"x: got dtype {x.dtype}, expected the layer's dtype ({weight.dtype})")
+        if x.device != weight.device:
+            raise DTypeError(f"x: got a tensor on {x.device}, expected the layer's device ({weight.device})")
+
+    def _check_rows(self, num_tokens: int) -> None:
+        """Raises IndexOverflowError before any work when the plan of this many tokens could not be
+        indexed with int32 rows (the core's layout rule; checked at trace time under torch.compile)."""
+        if torch.compiler.is_compiling():
+            return
+        o = self.route_options
+        if self.routing == "expert":
+            _core.expert_choice_layout(num_tokens, self.num_experts, o.capacity, o.capacity_factor or 1.0)
+        else:
+            _core.route_layout(num_tokens, self.num_experts, o)
+
+    def __getstate__(self) -> Dict[str, object]:
+        """For copy.deepcopy and pickle: the last forward's losses without their autograd history
+        (tensors inside a graph cannot be deep-copied)."""
+        state = self.__dict__.copy()
+        state["aux_loss"] = self.aux_loss.detach()
+        state["losses"] = {name: value.detach() for name, value in self.losses.items()}
+        return state
 
     def plan(self, logits: torch.Tensor):
         """The RoutingPlan of these router logits (float32 routing for half-precision logits)."""
@@ -202,3 +254,10 @@ def aux_loss(model: nn.Module) -> torch.Tensor:
         if isinstance(module, MoE):
             total = total + module.aux_loss
     return total
+
+
+def _non_negative(value: object, name: str) -> float:
+    number = real(value, name)
+    if not (math.isfinite(number) and number >= 0):
+        raise ArgumentError(f"{name}: got {number}, expected a finite number >= 0")
+    return number

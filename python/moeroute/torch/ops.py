@@ -12,7 +12,7 @@ from .. import _core
 from .._checks import expect_logits_shape, expect_rows, expect_weights_shape, optional_integer, real
 from ..errors import DTypeError
 from ..options import RouteOptions, route_function
-from ..plan import RoutingPlan, expect_plan
+from ..plan import FIELD_NAMES, RoutingPlan, expect_plan
 from . import _custom_ops as ops
 from ._convert import check_activation, check_same_device
 
@@ -127,3 +127,13 @@ def route_backward(grad_weights: Tensor, plan: RoutingPlan, logits: Tensor) -> T
     grad = ops.call(ops.route_backward, ops.route_backward_impl, grad_weights, None, plan.probs.detach(),
                     plan.expert_ids, plan.dest, plan.score, plan.normalize, plan.scale)
     return grad.to(logits.dtype)
+
+
+def plan_as_tensors(plan: RoutingPlan, device: Any = "cpu") -> RoutingPlan:
+    """The same plan with its arrays as tensors on `device` (copies; a tensor plan is moved)."""
+    arrays = [_tensor(getattr(plan, name)).to(device) for name in FIELD_NAMES]
+    return RoutingPlan._of(arrays, plan.capacity, plan.score, plan.normalize, plan.scale)
+
+
+def _tensor(array: Any) -> Tensor:
+    return array if isinstance(array, Tensor) else torch.tensor(array)  # (a copy: plan arrays are read-only)

@@ -46,9 +46,9 @@ def cv_squared(ops: Primitives, values: Any) -> Any:
 
 def load_balancing(ops: Primitives, assigned: Any, probs: Any, slots: int) -> Any:
     """Switch Transformer: E * sum_e f_e * P_e, f_e = assigned[e] / (T * S), P_e = mean_t probs[t, e];
-    0 for T = 0. `assigned` and `probs` are in the dtype the loss is computed in."""
+    0 for T = 0 or S = 0. `assigned` and `probs` are in the dtype the loss is computed in."""
     t, e = probs.shape
-    if t == 0:
+    if t == 0 or slots == 0:  # (no picks: nothing to balance)
         return ops.zero(probs)
     return e * ops.dot(assigned / (t * slots), ops.column_means(probs))
 

@@ -18,6 +18,7 @@ if TYPE_CHECKING:
 SCORES = ("softmax", "sigmoid")
 NORMALIZATIONS = ("none", "topk", "kept")
 PRIORITIES = ("slot", "token", "score")
+FLOAT32_MAX = float(np.finfo(np.float32).max)
 
 # ------------------------------------------------------------------------------- RouteOptions
 
@@ -101,10 +102,14 @@ class RouteOptions:
         """Whether every pick is kept (neither capacity nor capacity_factor)."""
         return self.capacity is None and self.capacity_factor is None
 
-    def check_experts(self, num_experts: int) -> None:
-        """The checks that need E: k in [1, E] and a bias of E values. (Groups dividing E, and the
-        row count fitting int32, are checked by the core, which owns the capacity rule.)"""
+    def check_experts(self, num_experts: int, float64: bool = False) -> None:
+        """The checks that need the logits: k in [1, E], a bias of E values, and a scale the plan's
+        weights can hold (float32, or float64 for float64 logits). (Groups dividing E, and the row
+        count fitting int32, are checked by the core, which owns the capacity rule.)"""
         check_top_k(self.k, num_experts)
+        if not float64 and abs(self.scale) > FLOAT32_MAX:
+            raise ArgumentError(f"scale: got {self.scale}, expected |scale| <= {FLOAT32_MAX} (the weights of "
+                                f"non-float64 logits are float32)")
         bias = self.bias
         if bias is not None and (bias.ndim != 1 or bias.shape[0] != num_experts):
             raise ShapeError(f"bias: got shape {list(bias.shape)}, expected [{num_experts}] (one per expert)")

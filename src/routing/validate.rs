@@ -30,9 +30,11 @@ pub fn validate_plan(p: &PlanArrays) -> Result<()> {
     }
     ensure_plan!(offsets[e_count] as i128 <= r_count as i128, "plan.expert_offsets", "ends at {}, past the {} rows of plan.src", offsets[e_count], r_count);
     if let Some(c) = p.capacity {
-        ensure_plan!(r_count == e_count * c, "plan.src", "has {} rows, expected num_experts * capacity = {}", r_count, e_count * c);
+        // (u128: a hand-built capacity may be anything; the products must not wrap)
+        let rows = e_count as u128 * c as u128;
+        ensure_plan!(r_count as u128 == rows, "plan.src", "has {} rows, expected num_experts * capacity = {} * {} = {}", r_count, e_count, c, rows);
         for (e, &offset) in offsets.iter().enumerate() {
-            ensure_plan!(offset == (e * c) as i64, "plan.expert_offsets", "is {offset} at expert {e}, expected {} for capacity {c}", e * c);
+            ensure_plan!(offset as i128 == (e as u128 * c as u128) as i128, "plan.expert_offsets", "is {offset} at expert {e}, expected {} for capacity {c}", e as u128 * c as u128);
         }
     }
 

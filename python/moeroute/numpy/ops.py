@@ -19,7 +19,7 @@ from ._convert import activation, float_array, restore
 def route_with_options(logits: Any, options: RouteOptions) -> RoutingPlan:
     """`route` with its options built once (see moeroute.RouteOptions)."""
     storage, dtype_name, _ = activation(logits, "logits", ndim=2)
-    options.check_experts(storage.shape[1])
+    options.check_experts(storage.shape[1], dtype_name == "float64")
     bias = options.bias
     if bias is not None and not isinstance(bias, np.ndarray):  # a CPU tensor's values
         bias = np.asarray(bias.tolist(), dtype=np.float64)

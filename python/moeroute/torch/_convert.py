@@ -24,9 +24,11 @@ def check_cpu(t: torch.Tensor, name: str) -> None:
 
 
 def check_device(t: torch.Tensor, name: str) -> None:
-    """CPU and CUDA tensors are supported."""
+    """Dense tensors on the CPU or a CUDA device are supported."""
     if not (t.is_cpu or t.is_cuda):
         raise DTypeError(f"{name}: got a tensor on {t.device}, expected a CPU or CUDA tensor")
+    if t.layout is not torch.strided:
+        raise DTypeError(f"{name}: got a {t.layout} tensor, expected a dense (torch.strided) tensor")
 
 
 def check_same_device(t: torch.Tensor, name: str, other: torch.Tensor, other_name: str) -> None:
@@ -62,17 +64,26 @@ def to_storage(t: torch.Tensor, name: str, ndim: int) -> Tuple[np.ndarray, str]:
         t = t.detach()
     if not t.is_contiguous():
         t = t.contiguous()
-    if dtype_name in _HALF_DTYPES:
-        return t.view(torch.int16).numpy().view(np.uint16), dtype_name
-    return t.numpy(), dtype_name
+    try:
+        if dtype_name in _HALF_DTYPES:
+            return t.view(torch.int16).numpy().view(np.uint16), dtype_name
+        return t.numpy(), dtype_name
+    except RuntimeError:  # a lazily negated / conjugated view: NumPy needs its values materialised
+        check_device(t, name)
+        return to_storage(t.resolve_neg().resolve_conj(), name, ndim)
 
 
 def index_array(t: torch.Tensor, name: str) -> np.ndarray:
     """A NumPy view of an int32 / int64 / float index or weight tensor of the plan."""
-    if t.is_cpu and not t.requires_grad and t.is_contiguous():  # (a plan's own fields)
-        return t.numpy()
+    if t.is_cpu and not t.requires_grad and t.is_contiguous() and t.layout is torch.strided:  # (a plan's own fields)
+        try:
+            return t.numpy()
+        except RuntimeError:  # a lazily negated view
+            pass
     check_cpu(t, name)
-    return t.detach().contiguous().numpy()
+    if t.layout is not torch.strided:
+        raise DTypeError(f"{name}: got a {t.layout} tensor, expected a dense (torch.strided) tensor")
+    return t.detach().resolve_neg().resolve_conj().contiguous().numpy()
 
 
 def from_storage(a: np.ndarray, dtype_name: str) -> torch.Tensor:

@@ -11,7 +11,7 @@ from typing import Optional, Tuple
 import torch
 
 from .. import _core
-from ..options import ROUTE_OPTION_NAMES, RouteOptions
+from ..options import ROUTE_OPTION_NAMES, RouteOptions, route_options
 from ..plan import FIELD_NAMES, PLAN_FIELDS
 from . import _cpu, _cuda
 from ._convert import empty_plan
@@ -81,10 +81,10 @@ def route_op_impl(logits: Tensor, k: int, score: str, normalize: str, scale: flo
                   num_groups: Optional[int], topk_groups: Optional[int], capacity: Optional[int],
                   capacity_factor: Optional[float], min_capacity: int, capacity_multiple: int,
                   priority: str, pad_to: int) -> PlanTensors:
-    options = RouteOptions.trusted(
-        k=k, score=score, normalize=normalize, scale=scale, bias=None, num_groups=num_groups, topk_groups=topk_groups,
-        capacity=capacity, capacity_factor=capacity_factor, min_capacity=min_capacity,
-        capacity_multiple=capacity_multiple, priority=priority, pad_to=pad_to)
+    # (checked: the op may be called directly, as torch.ops.moeroute.route; cached per value)
+    options = route_options(k, score, normalize, scale, None, num_groups, topk_groups, capacity, capacity_factor,
+                            min_capacity, capacity_multiple, priority, pad_to)
+    options.check_experts(logits.shape[1], logits.dtype == torch.float64)
     return _backend(logits).route(logits, options, bias)[0]
 
 

@@ -17,13 +17,14 @@ from . import _custom_ops as ops
 from ._convert import check_activation, check_same_device
 
 Tensor = torch.Tensor
+# Combine weights given explicitly: float32 or float64 (cast to the accumulation dtype), as in NumPy.
+_WEIGHT_DTYPES = (torch.float32, torch.float64)
 
 
 def route_with_options(logits: Tensor, options: RouteOptions) -> RoutingPlan:
     """`route` with its options built once (see moeroute.RouteOptions)."""
     check_activation(logits, "logits")
-    t, e = logits.shape
-    options.check_experts(e)
+    options.check_experts(logits.shape[1], logits.dtype == torch.float64)
     bias = options.bias
     if bias is not None:  # (tested first: isinstance(Tensor) is slow, even for None)
         if isinstance(bias, Tensor):
@@ -82,6 +83,8 @@ def _weights(weights: Any, plan: RoutingPlan) -> Tensor:
         return plan.weights
     if not isinstance(weights, Tensor):
         raise DTypeError(f"weights: got {type(weights).__name__}, expected a tensor (or None: the plan's)")
+    if weights.dtype not in _WEIGHT_DTYPES:
+        raise DTypeError(f"weights: got dtype {weights.dtype}, expected float32 or float64")
     check_same_device(weights, "weights", plan.dest, "plan")
     expect_weights_shape(weights.shape, plan.expert_ids.shape)
     return weights
@@ -115,6 +118,8 @@ def combine_backward(grad_y: Tensor, yp: Tensor, plan: RoutingPlan,
     check_same_device(grad_y, "grad_y", plan.dest, "plan")
     expect_rows("yp", yp.shape, plan.num_rows, "R = plan.num_rows")
     expect_rows("grad_y", grad_y.shape, plan.num_tokens, "T = plan.num_tokens")
+    if grad_y.dtype != yp.dtype:
+        raise DTypeError(f"grad_y: got dtype {grad_y.dtype}, expected the dtype of yp ({yp.dtype})")
     w = _weights(weights, plan)
     return ops.call(ops.combine_backward, ops.combine_backward_impl, grad_y, yp, plan.dest, plan.src, w.detach())
 
@@ -124,6 +129,9 @@ def route_backward(grad_weights: Tensor, plan: RoutingPlan, logits: Tensor) -> T
     plan = expect_plan(plan)
     check_activation(logits, "logits")
     expect_logits_shape(logits.shape, plan.probs.shape)
+    if not isinstance(grad_weights, Tensor) or not grad_weights.dtype.is_floating_point:
+        raise DTypeError(f"grad_weights: got {getattr(grad_weights, 'dtype', type(grad_weights).__name__)}, "
+                         f"expected a float tensor")
     grad = ops.call(ops.route_backward, ops.route_backward_impl, grad_weights, None, plan.probs.detach(),
                     plan.expert_ids, plan.dest, plan.score, plan.normalize, plan.scale)
     return grad.to(logits.dtype)

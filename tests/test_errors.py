@@ -206,3 +206,43 @@ def test_inputs_unmodified():
     with pytest.raises(LogitsError):
         moeroute.route(bad, 2)
     np.testing.assert_array_equal(bad, bad_copy)
+
+
+# --- hostile sizes and values (each a moeroute error naming the argument and its range) -----------
+
+
+@pytest.mark.parametrize("name, value", [("capacity", 2**70), ("pad_to", 2**64), ("min_capacity", 2**64),
+                                         ("capacity_multiple", 2**100), ("num_groups", 2**64)])
+def test_integers_beyond_64_bits(name, value):
+    kwargs = {name: value}
+    if name == "num_groups":
+        kwargs["topk_groups"] = 1
+    with pytest.raises(ArgumentError, match=rf"\b{name}\b.*<= {2**63 - 1}"):
+        moeroute.route(LOGITS, 2, **kwargs)
+
+
+def test_scale_the_weights_cannot_hold():
+    raises(ArgumentError, "scale", moeroute.route, LOGITS, 2, scale=1e308)
+    raises(ArgumentError, "scale", moeroute.route, LOGITS.astype(ml_dtypes.bfloat16), 2, scale=-1e39)
+    plan = moeroute.route(LOGITS.astype(np.float64), 2, scale=1e308)  # float64 weights hold it
+    assert np.isfinite(plan.weights).all()
+
+
+def test_combine_backward_dtype_rule():
+    grad_y = np.ones((5, 3), np.float64)
+    raises(DTypeError, "grad_y", moeroute.combine_backward, grad_y, YP, PLAN)
+    raises(DTypeError, "weights", moeroute.combine, YP, PLAN, PLAN.weights.astype(np.int32))
+
+
+def test_load_balancing_loss_without_slots():
+    plan = RoutingPlan(expert_ids=np.zeros((3, 0), np.int32), weights=np.zeros((3, 0), np.float32),
+                       probs=np.full((3, 2), 0.5, np.float32), dest=np.zeros((3, 0), np.int32),
+                       src=np.zeros(0, np.int32), expert_offsets=np.zeros(3, np.int64),
+                       tokens_per_expert=np.zeros(2, np.int64), assigned_per_expert=np.zeros(2, np.int64))
+    assert losses.load_balancing_loss(plan) == 0.0
+
+
+def test_hand_built_capacity_product_is_not_wrapped():
+    with pytest.raises(PlanError) as info:
+        RoutingPlan.from_dict({**PLAN.to_dict(), "capacity": np.asarray(2**62)})
+    assert "18446744073709551616" in str(info.value) or "4611686018427387904" in str(info.value), str(info.value)

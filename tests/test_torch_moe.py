@@ -221,3 +221,38 @@ def test_layer_uses_the_fused_gate_only_for_a_plain_linear_router():
         for fused, plain in zip(*grads):
             torch.testing.assert_close(fused, plain)
     assert calls == [1, 1]  # the hooked router ran as a module (not fused), once per forward
+
+
+@pytest.mark.parametrize("kwargs, name", [
+    (dict(hidden_size=0, num_experts=4), "hidden_size"), (dict(hidden_size=8, num_experts=0), "num_experts"),
+    (dict(hidden_size=8, num_experts=4, top_k=6), "top_k"), (dict(hidden_size=8, num_experts=4, ffn_size=0), "ffn_size"),
+    (dict(hidden_size=8, num_experts=4, activation="relu"), "activation"),
+    (dict(hidden_size=8, num_experts=4, jitter=-0.1), "jitter"), (dict(hidden_size=8, num_experts=4, jitter=1.0), "jitter"),
+    (dict(hidden_size=8, num_experts=4, bias_update_rate=float("nan")), "bias_update_rate"),
+    (dict(hidden_size=8, num_experts=4, bias_update_rate=-1.0), "bias_update_rate"),
+    (dict(hidden_size=8, num_experts=4, z_loss_coef=float("inf")), "z_loss_coef"),
+    (dict(hidden_size=8, num_experts=4, capacity=2**70), "capacity"),
+    (dict(hidden_size=8, num_experts=4, score="relu"), "score"),
+])
+def test_constructor_arguments_are_checked(kwargs, name):
+    with pytest.raises(moeroute.MoerouteError, match=rf"\b{name}\b"):
+        MoE(**kwargs)
+
+
+def test_forward_checks_its_input():
+    layer = MoE(hidden_size=8, num_experts=4)
+    for bad in (torch.randn(2, 3, 16), torch.randn(2, 3, 4), torch.randn(16), torch.tensor(1.0)):
+        with pytest.raises(moeroute.ShapeError, match=r"\bx\b.*hidden_size"):
+            layer(bad)
+    with pytest.raises(moeroute.DTypeError, match=r"\bx\b"):
+        layer(torch.randn(2, 8, dtype=torch.float64))
+
+
+def test_too_many_tokens_raise_before_the_router_runs():
+    layer = MoE(hidden_size=1, num_experts=2, top_k=1)
+    calls = []
+    layer.router.register_forward_hook(lambda *_: calls.append(1))
+    huge = torch.zeros(1, 1).expand(2**31, 1)  # no memory: a stride-0 view
+    with pytest.raises(moeroute.IndexOverflowError):
+        layer(huge)
+    assert not calls

@@ -327,3 +327,27 @@ def test_core_stub_lists_the_plan_fields_in_order():
     described = [(name, tuple(d.replace(" ", "") for d in dims.split(",")))
                  for name, dims in re.findall(r"(\w+)\s*(?:#\s*)?\[([^\]]+)\]", block)]
     assert described == [(f.name, f.shape) for f in PLAN_FIELDS]
+
+
+def test_hostile_tensors_and_options_raise_moeroute_errors():
+    logits, logits_np = tensor_and_array((8, 4), "float32", seed=12)
+    plan, ref = moeroute.route(logits, 2, capacity=3), moeroute.route(logits_np, 2, capacity=3)
+    x = torch.randn(8, 5)
+    with pytest.raises(moeroute.DTypeError, match=r"\bx\b.*strided"):
+        moeroute.permute(x.to_sparse(), plan)
+    with pytest.raises(moeroute.ArgumentError, match=r"\bcapacity\b"):
+        torch.ops.moeroute.route(logits, 2, "softmax", "topk", 1.0, None, None, None, -5, None, 0, 1, "slot", 1)
+    with pytest.raises(moeroute.ArgumentError, match=r"\bscale\b"):
+        moeroute.route(logits, 2, scale=1e308)
+    yp = torch.randn(plan.num_rows, 5)
+    with pytest.raises(moeroute.DTypeError, match=r"\bgrad_y\b"):
+        moeroute.combine_backward(torch.randn(8, 5, dtype=torch.float64), yp, plan)
+    with pytest.raises(moeroute.DTypeError, match=r"\bweights\b"):
+        moeroute.combine(yp, plan, plan.weights.to(torch.int32))
+    with pytest.raises(moeroute.DTypeError, match=r"\bgrad_weights\b"):
+        moeroute.route_backward(plan.weights.to(torch.int32), plan, logits)
+    # a lazily negated view is read by value
+    negated = torch._neg_view(x)
+    assert negated.is_neg()
+    torch.testing.assert_close(moeroute.permute(negated, plan), moeroute.permute(-x, plan), rtol=0, atol=0)
+    np.testing.assert_array_equal(plan.dest.numpy(), ref.dest)

@@ -597,3 +597,38 @@ def test_device_mismatch_raises_a_clear_error():
     for op, arg in ((moeroute.permute, torch.randn(6, 3)), (moeroute.combine, torch.randn(12, 3))):
         with pytest.raises(moeroute.MoerouteError, match="(?i)device|cuda|cpu"):
             op(arg, cuda_plan)
+
+
+def test_checked_mode_raises_the_cpu_errors_on_cuda():
+    """moeroute.set_checks(True): bad inputs of CUDA ops raise what the CPU ops raise; off (the
+    default), the same calls run without a host synchronisation and raise nothing."""
+    logits = torch.randn(6, 4)
+    logits[3, 1] = float("nan")
+    plan = moeroute.route(torch.randn(6, 4), 2, capacity=3)
+    bad_dest = plan.dest.clone()
+    bad_dest[0, 0] = 99
+    bad = moeroute.RoutingPlan._of([getattr(plan, n) if n != "dest" else bad_dest for n in FIELD_NAMES],
+                                   plan.capacity, plan.score, plan.normalize, plan.scale)
+    yp = torch.randn(plan.num_rows, 5)
+
+    def errors(device):
+        out = []
+        for call in (lambda: moeroute.route(logits.to(device), 2),
+                     lambda: moeroute.route(logits.nan_to_num().to(device), 2,
+                                            bias=torch.tensor([0.0, float("inf"), 0.0, 0.0], device=device)),
+                     lambda: moeroute.combine(yp.to(device), moeroute.torch.plan_as_tensors(bad, device))):
+            try:
+                call()
+                out.append(None)
+            except moeroute.MoerouteError as e:
+                out.append((type(e), str(e)))
+        return out
+
+    want = errors("cpu")
+    assert all(w is not None for w in want)
+    moeroute.set_checks(True)
+    try:
+        assert errors(DEVICE) == want
+    finally:
+        moeroute.set_checks(False)
+    torch.cuda.synchronize()

@@ -7,6 +7,7 @@ from . import losses
 from ._core import (__version__, buffer_cache_info, get_num_threads, set_buffer_cache_limit,
                     set_num_threads)
 from ._core import cuda_driver_available as cuda_available
+from ._checks import get_checks, set_checks
 from ._dispatch import (combine, combine_backward, expert_choice, permute, permute_backward, route,
                         route_backward, route_with_options)
 from .errors import (ArgumentError, CudaError, DTypeError, IndexOverflowError, LogitsError,
@@ -18,7 +19,7 @@ __all__ = [
     "route", "route_with_options", "RouteOptions", "expert_choice", "permute", "combine",
     "permute_backward", "combine_backward", "route_backward",
     "RoutingPlan", "losses", "set_num_threads", "get_num_threads", "__version__",
-    "set_buffer_cache_limit", "buffer_cache_info", "cuda_available",
+    "set_buffer_cache_limit", "buffer_cache_info", "cuda_available", "set_checks", "get_checks",
     "MoerouteError", "ShapeError", "DTypeError", "ArgumentError", "LogitsError", "PlanError",
     "IndexOverflowError", "CudaError",
 ]

@@ -5,6 +5,7 @@ dtype. Framework-neutral: arrays and tensors are read through their shape / dtyp
 from __future__ import annotations
 
 import operator
+import os
 from typing import Any, Optional, Sequence, Tuple
 
 import numpy as np
@@ -110,3 +111,23 @@ def check_top_k(k: int, num_experts: int, name: str = "k") -> None:
     """k picks per token must be in [1, E] (E = 0 allows none)."""
     if not 1 <= k <= max(num_experts, 1):
         raise ArgumentError(f"{name}: got {k}, expected an integer in [1, {num_experts}] (the number of experts)")
+
+
+# Checked mode of the CUDA ops (the CPU ops always check): see moeroute.set_checks.
+_CUDA_CHECKS = [os.environ.get("MOEROUTE_CHECKS", "0").strip() not in ("", "0")]
+
+
+def set_checks(enabled: bool) -> None:
+    """Turns the checked mode of the CUDA ops on or off (default: off, or MOEROUTE_CHECKS=1). On,
+    each CUDA op checks its inputs on the device as the CPU ops always do (NaN logits, rows of all
+    -inf, a non-finite bias, plan indices out of range or not one to one) and raises the same
+    error, at the cost of one host synchronisation per op (so it cannot be captured in a CUDA
+    graph). The CPU ops are not affected; without a CUDA device it changes nothing."""
+    if not isinstance(enabled, (bool, np.bool_)):
+        raise DTypeError(f"enabled: got {enabled!r}, expected True or False")
+    _CUDA_CHECKS[0] = bool(enabled)
+
+
+def get_checks() -> bool:
+    """Whether the CUDA ops run in checked mode (see set_checks)."""
+    return _CUDA_CHECKS[0]

@@ -10,6 +10,8 @@ from typing import List, Optional, Tuple
 import torch
 
 from .. import _core
+from .._checks import _CUDA_CHECKS
+from . import _device_checks as checks
 from ..options import RouteOptions
 from ..plan import PLAN_FIELDS, field_shapes
 from ._convert import accumulation_dtype, activation_name, empty_plan, plan_dtypes
@@ -65,6 +67,9 @@ def route(logits: Tensor, options: RouteOptions, bias: Optional[Tensor],
     logits = logits.detach().contiguous()
     dtype_name = activation_name(logits, "logits")
     t, e = logits.shape
+    if _CUDA_CHECKS[0]:
+        checks.logits(logits)
+        checks.bias(bias)
     capacity, rows = _core.route_layout(t, e, options)
     allocate = _packed_plan_outputs if packed else _plan_outputs
     workspace_bytes = _core.cuda_route_workspace(dtype_name, t, e, options.k, options.num_groups)
@@ -83,6 +88,8 @@ def expert_choice(logits: Tensor, capacity: Optional[int], capacity_factor: floa
     logits = logits.detach().contiguous()
     dtype_name = activation_name(logits, "logits")
     t, e = logits.shape
+    if _CUDA_CHECKS[0]:
+        checks.logits(logits)
     _, rows = _core.expert_choice_layout(t, e, capacity, capacity_factor)
     outputs, ws = _plan_outputs(logits, e, rows, _core.cuda_expert_choice_workspace(dtype_name, t, e))
     device, stream = _stream(logits)
@@ -93,6 +100,8 @@ def expert_choice(logits: Tensor, capacity: Optional[int], capacity_factor: floa
 
 def permute(x: Tensor, src: Tensor) -> Tensor:
     x, src = x.detach().contiguous(), src.contiguous()
+    if _CUDA_CHECKS[0]:
+        checks.src(src, x.shape[0])
     xp = torch.empty((src.shape[0], x.shape[1]), dtype=x.dtype, device=x.device)
     device, stream = _stream(x)
     _core.cuda_permute(device, stream, activation_name(x, "x"), x.data_ptr(), x.shape[0], x.shape[1],
@@ -103,6 +112,8 @@ def permute(x: Tensor, src: Tensor) -> Tensor:
 def combine(yp: Tensor, dest: Tensor, weights: Tensor) -> Tensor:
     """y[t] = Σ_s w[t,s] · yp[dest[t,s]]."""
     yp, dest = yp.detach().contiguous(), dest.contiguous()
+    if _CUDA_CHECKS[0]:
+        checks.dest(dest, yp.shape[0])
     w = weights.detach().to(accumulation_dtype(yp.dtype)).contiguous()
     y = torch.empty((dest.shape[0], yp.shape[1]), dtype=yp.dtype, device=yp.device)
     device, stream = _stream(yp)
@@ -114,6 +125,8 @@ def combine(yp: Tensor, dest: Tensor, weights: Tensor) -> Tensor:
 def permute_backward(grad_xp: Tensor, dest: Tensor) -> Tensor:
     """grad_x[t] = Σ_s grad_xp[dest[t,s]]."""
     grad_xp, dest = grad_xp.detach().contiguous(), dest.contiguous()
+    if _CUDA_CHECKS[0]:
+        checks.dest(dest, grad_xp.shape[0])
     grad_x = torch.empty((dest.shape[0], grad_xp.shape[1]), dtype=grad_xp.dtype, device=grad_xp.device)
     device, stream = _stream(grad_xp)
     _core.cuda_permute_backward(device, stream, activation_name(grad_xp, "grad_xp"), grad_xp.data_ptr(),
@@ -124,6 +137,10 @@ def permute_backward(grad_xp: Tensor, dest: Tensor) -> Tensor:
 
 def combine_backward(grad_y: Tensor, yp: Tensor, dest: Tensor, src: Tensor, weights: Tensor) -> Tuple[Tensor, Tensor]:
     yp, dest, src = yp.detach().contiguous(), dest.contiguous(), src.contiguous()
+    if _CUDA_CHECKS[0]:
+        checks.dest(dest, yp.shape[0])
+        checks.src(src, grad_y.shape[0])
+        checks.one_to_one(dest, src)
     grad_y = grad_y.detach().to(yp.dtype).contiguous()
     acc = accumulation_dtype(yp.dtype)
     w = weights.detach().to(acc).contiguous()
@@ -143,6 +160,8 @@ def route_backward(grad_weights: Tensor, grad_probs: Optional[Tensor], probs: Te
     gw = grad_weights.detach().to(acc).contiguous()
     gp = None if grad_probs is None else grad_probs.detach().to(acc).contiguous()
     ids, dest = expert_ids.contiguous(), dest.contiguous()
+    if _CUDA_CHECKS[0]:
+        checks.expert_ids(ids, probs.shape[1])
     out = torch.empty_like(probs)
     device, stream = _stream(probs)
     t, e = probs.shape

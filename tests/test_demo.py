@@ -41,3 +41,16 @@ def test_python_m_moeroute_demo(tmp_path):
                             capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stderr
     check_output(result.stdout, png)
+
+
+def test_demo_without_torch_says_what_to_install():
+    code = ("import runpy, sys; sys.modules['torch'] = None; sys.argv = ['moeroute', 'demo'];"
+            "runpy.run_module('moeroute', run_name='__main__')")
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert result.returncode != 0 and 'pip install "moeroute[demo]"' in result.stderr, result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_help_mentions_the_demo():
+    result = subprocess.run([sys.executable, "-m", "moeroute", "--help"], capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0 and "demo" in result.stdout

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import random
 import time
 from typing import Dict, List, Tuple
@@ -85,6 +86,12 @@ def accuracy(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> float:
     return correct
 
 
+def eta(started: float, done: int, total: int) -> str:
+    """The time the remaining epochs should take, at the pace so far (e.g. "0:42")."""
+    seconds = round((time.perf_counter() - started) / done * (total - done))
+    return f"{seconds // 60}:{seconds % 60:02d}"
+
+
 def train(model: DigitsMoE, data, epochs: int, batch: int, max_steps: int, gen: torch.Generator) -> List[np.ndarray]:
     """AdamW on full mini-batches; prints one line per epoch; returns layer 1's kept picks per expert per step."""
     x_train, y_train, x_test, y_test = data
@@ -92,6 +99,7 @@ def train(model: DigitsMoE, data, epochs: int, batch: int, max_steps: int, gen: 
     sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=epochs * (len(x_train) // batch))
     first = model.blocks[0].moe
     load: List[np.ndarray] = []
+    started = time.perf_counter()
     for epoch in range(1, epochs + 1):
         order = torch.randperm(len(x_train), generator=gen)
         sums: Dict[str, float] = {"task": 0.0, "aux": 0.0, "lb": 0.0, "drop": 0.0}
@@ -115,7 +123,7 @@ def train(model: DigitsMoE, data, epochs: int, batch: int, max_steps: int, gen: 
         m = {name: value / steps for name, value in sums.items()}
         print(f"epoch {epoch:3d}/{epochs}  loss {m['task'] + m['aux']:.4f} (task {m['task']:.4f} + aux {m['aux']:.4f})"
               f"  layer-1 balance loss {m['lb']:.3f}  dropped {100 * m['drop']:4.1f}%"
-              f"  test acc {100 * accuracy(model, x_test, y_test):5.1f}%", flush=True)
+              f"  test acc {100 * accuracy(model, x_test, y_test):5.1f}%  eta {eta(started, epoch, epochs)}", flush=True)
         if len(load) >= max_steps:
             break
     return load
@@ -214,7 +222,8 @@ def run(args: argparse.Namespace) -> int:
     print_specialization(specialization(plan, y_test.numpy(), first.num_experts))
     print_balance(plan, len(y_test))
     capacity = first.plan(torch.zeros(batch, first.num_experts)).capacity  # per expert, per training batch
-    plot_load(load, args.out, batch, first.top_k, capacity)
-    print(f"\nexpert-load plot saved to {args.out}")
+    out = os.path.abspath(args.out)
+    plot_load(load, out, batch, first.top_k, capacity)
+    print(f"\nexpert-load plot saved to {out}")
     print(f"done in {time.perf_counter() - started:.1f} s")
     return 0

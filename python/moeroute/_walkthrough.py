@@ -53,7 +53,10 @@ def numpy_route(logits: np.ndarray, k: int, capacity: int) -> Tuple[np.ndarray, 
 
 
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m moeroute", description=__doc__)
+    parser = argparse.ArgumentParser(
+        prog="python -m moeroute", description=__doc__,
+        epilog="python -m moeroute demo [--help]: train a small MoE classifier on the digits dataset with "
+               'moeroute.torch.MoE (needs pip install "moeroute[demo]").')
     parser.add_argument("--tokens", type=int, default=8192)
     parser.add_argument("--hidden", type=int, default=1024)
     parser.add_argument("--experts", type=int, default=64)

@@ -221,3 +221,15 @@ def plan_st(draw, dtype=None, inf=True, max_T=10, max_E=6, **route_options):
     if draw(st.booleans()):
         return moeroute.expert_choice(logits, capacity=draw(st.integers(0, logits.shape[0] + 2))), logits
     return moeroute.expert_choice(logits, capacity_factor=draw(st.sampled_from(CAPACITY_FACTORS))), logits
+
+
+def pytest_terminal_summary(terminalreporter):
+    """Says why tests were skipped: without a CUDA device, the GPU suite (-m gpu) is skipped."""
+    skipped = terminalreporter.stats.get("skipped", [])
+    gpu = sum(1 for report in skipped if "gpu" in getattr(report, "keywords", {}))
+    if gpu:
+        terminalreporter.write_line(
+            f"{gpu} skipped tests are the GPU suite (tests/test_cuda.py): they need a CUDA device; on a "
+            f"machine with an NVIDIA GPU run `python -m pytest -q -m gpu tests`.")
+    if len(skipped) > gpu:
+        terminalreporter.write_line(f"{len(skipped) - gpu} other tests skipped: `pytest -rs` lists why.")

@@ -351,3 +351,26 @@ def test_hostile_tensors_and_options_raise_moeroute_errors():
     assert negated.is_neg()
     torch.testing.assert_close(moeroute.permute(negated, plan), moeroute.permute(-x, plan), rtol=0, atol=0)
     np.testing.assert_array_equal(plan.dest.numpy(), ref.dest)
+
+
+def test_mixing_numpy_and_torch_says_so():
+    logits, logits_np = tensor_and_array((6, 4), "float32", seed=13)
+    numpy_plan, torch_plan = moeroute.route(logits_np, 2), moeroute.route(logits, 2)
+    mixed = "different frameworks"
+    with pytest.raises(moeroute.DTypeError, match=mixed):
+        moeroute.permute(torch.ones(6, 3), numpy_plan)
+    with pytest.raises(moeroute.DTypeError, match=mixed):
+        moeroute.permute(np.ones((6, 3), np.float32), torch_plan)
+    with pytest.raises(moeroute.DTypeError, match=mixed):
+        moeroute.combine(np.ones((torch_plan.num_rows, 3), np.float32), torch_plan)
+    with pytest.raises(moeroute.DTypeError, match="RoutingPlan"):
+        moeroute.losses.load_balancing_loss(logits_np)
+    with pytest.raises(moeroute.ShapeError, match=r"\(T, E\).*reshape\(-1, 4\)"):
+        moeroute.route(logits.reshape(2, 3, 4), 2)
+    with pytest.raises(moeroute.DeviceError, match="meta"):
+        moeroute.route(torch.zeros(3, 4, device="meta"), 2)
+    # the conversions the messages name
+    np.testing.assert_array_equal(moeroute.permute(np.ones((6, 3), np.float32), torch_plan.numpy()),
+                                  moeroute.permute(np.ones((6, 3), np.float32), numpy_plan))
+    moved = moeroute.torch.plan_as_tensors(numpy_plan, "cpu")
+    assert torch.equal(moeroute.permute(torch.ones(6, 3), moved), moeroute.permute(torch.ones(6, 3), torch_plan))

@@ -10,7 +10,7 @@ from ._core import cuda_driver_available as cuda_available
 from ._checks import get_checks, set_checks
 from ._dispatch import (combine, combine_backward, expert_choice, permute, permute_backward, route,
                         route_backward, route_with_options)
-from .errors import (ArgumentError, CudaError, DTypeError, IndexOverflowError, LogitsError,
+from .errors import (ArgumentError, CudaError, DeviceError, DTypeError, IndexOverflowError, LogitsError,
                      MoerouteError, PlanError, ShapeError)
 from .options import RouteOptions
 from .plan import RoutingPlan
@@ -20,6 +20,6 @@ __all__ = [
     "permute_backward", "combine_backward", "route_backward",
     "RoutingPlan", "losses", "set_num_threads", "get_num_threads", "__version__",
     "set_buffer_cache_limit", "buffer_cache_info", "cuda_available", "set_checks", "get_checks",
-    "MoerouteError", "ShapeError", "DTypeError", "ArgumentError", "LogitsError", "PlanError",
+    "MoerouteError", "ShapeError", "DTypeError", "DeviceError", "ArgumentError", "LogitsError", "PlanError",
     "IndexOverflowError", "CudaError",
 ]

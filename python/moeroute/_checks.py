@@ -47,6 +47,9 @@ def expect_logits_shape(shape: Sequence[int], plan_shape: Sequence[int]) -> None
 
 
 def shape_error(name: str, shape: Sequence[int], ndim: int, kind: str) -> ShapeError:
+    if name == "logits" and ndim == 2:  # the common mistake: tokens with leading dimensions
+        hint = f"; for tokens with leading dimensions use logits.reshape(-1, {shape[-1]})" if len(shape) > 2 else ""
+        return ShapeError(f"logits: got shape {list(shape)}, expected a 2-D {kind} (T, E){hint}")
     dims = ", ".join("_" for _ in range(ndim))
     return ShapeError(f"{name}: got shape {list(shape)}, expected a {ndim}-D {kind} [{dims}]")
 

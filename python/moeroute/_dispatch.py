@@ -10,7 +10,7 @@ from typing import Any, Optional, Tuple
 from . import numpy as _numpy
 from ._checks import is_torch
 from .options import RouteOptions, route_function
-from .plan import RoutingPlan
+from .plan import RoutingPlan, expect_plan
 
 _TORCH: Optional[ModuleType] = None
 
@@ -61,7 +61,7 @@ def route_backward(grad_weights: Any, plan: RoutingPlan, logits: Any) -> Any:
 
 
 def load_balancing_loss(plan: RoutingPlan) -> Any:
-    return _front(plan.probs).load_balancing_loss(plan)
+    return _front(expect_plan(plan).probs).load_balancing_loss(plan)
 
 
 def z_loss(logits: Any) -> Any:
@@ -69,7 +69,7 @@ def z_loss(logits: Any) -> Any:
 
 
 def importance_loss(plan: RoutingPlan) -> Any:
-    return _front(plan.weights).importance_loss(plan)
+    return _front(expect_plan(plan).weights).importance_loss(plan)
 
 
 def noisy_load_probs(clean_logits: Any, noise_std: Any, noisy_logits: Any, k: int) -> Any:

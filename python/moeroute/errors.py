@@ -13,6 +13,11 @@ class DTypeError(MoerouteError, TypeError):
     """An array has an unsupported dtype, or an argument has the wrong Python type."""
 
 
+class DeviceError(DTypeError):
+    """A tensor is on a device moeroute does not run on (e.g. meta), or not on the device of the
+    other arguments."""
+
+
 class ArgumentError(MoerouteError, ValueError):
     """An option is out of its valid range (k, capacity, capacity_factor, score, priority, ...)."""
 
@@ -37,6 +42,7 @@ __all__ = [
     "MoerouteError",
     "ShapeError",
     "DTypeError",
+    "DeviceError",
     "ArgumentError",
     "LogitsError",
     "PlanError",

@@ -217,6 +217,16 @@ class RoutingPlan:
         with np.load(path) as data:
             return cls.from_dict({name: data[name] for name in data.files}, device=device)
 
+    def numpy(self) -> "RoutingPlan":
+        """The same plan with NumPy arrays (itself for a NumPy plan; copies of a tensor plan's
+        arrays, moved to the host)."""
+        if isinstance(self.src, np.ndarray):
+            return self
+        arrays = [_numpy(getattr(self, name)).copy() for name in FIELD_NAMES]
+        for array in arrays:
+            array.flags.writeable = False
+        return RoutingPlan._of(arrays, self.capacity, self.score, self.normalize, self.scale)
+
     def __reduce__(self) -> Any:
         """Pickling (also copy.deepcopy and torch.save): the arrays as they are (tensors detached
         from autograd, on their device), validated again when unpickled."""
@@ -305,8 +315,17 @@ def _check_float_shapes(arrays: Mapping[str, np.ndarray]) -> None:
         raise PlanError(f"plan.weights: non-finite value at token {t_bad}, slot {s_bad}")
 
 
-def expect_plan(plan: Any) -> RoutingPlan:
-    """plan, if it is a RoutingPlan (DTypeError otherwise)."""
+def expect_plan(plan: Any, tensors: Optional[bool] = None) -> RoutingPlan:
+    """plan, if it is a RoutingPlan (DTypeError otherwise) — with `tensors` given, one of tensors
+    (True) or of NumPy arrays (False), as the data it is used with."""
     if not isinstance(plan, RoutingPlan):
         raise DTypeError(f"plan: got {type(plan).__name__}, expected a moeroute.RoutingPlan")
+    if tensors is not None and isinstance(plan.src, np.ndarray) == tensors:
+        if tensors:
+            raise DTypeError("plan: holds NumPy arrays, but the data are torch tensors (the plan and the data come "
+                             "from different frameworks): route the tensors themselves, or convert the plan with "
+                             "moeroute.torch.plan_as_tensors(plan, device)")
+        raise DTypeError("plan: holds torch tensors, but the data are NumPy arrays (the plan and the data come "
+                         "from different frameworks): pass tensors (torch.from_numpy(array)), or convert the plan "
+                         "with plan.numpy()")
     return plan

@@ -65,7 +65,7 @@ def permute(x: Any, plan: RoutingPlan) -> np.ndarray:
     Returns:
         xp: (R, H), dtype of x.
     """
-    plan = expect_plan(plan)
+    plan = expect_plan(plan, tensors=False)
     storage, dtype_name, dtype = activation(x, "x", ndim=2)
     expect_rows("x", storage.shape, plan.num_tokens, "T = plan.num_tokens")
     return restore(_core.permute(storage, dtype_name, plan.src), dtype)
@@ -97,7 +97,7 @@ def combine(yp: Any, plan: RoutingPlan, weights: Any = None) -> np.ndarray:
     Returns:
         y: (T, H), dtype of yp.
     """
-    plan = expect_plan(plan)
+    plan = expect_plan(plan, tensors=False)
     storage, dtype_name, dtype = activation(yp, "yp", ndim=2)
     expect_rows("yp", storage.shape, plan.num_rows, "R = plan.num_rows")
     w = _weights(weights, plan, dtype_name)
@@ -114,7 +114,7 @@ def permute_backward(grad_xp: Any, plan: RoutingPlan) -> np.ndarray:
     Returns:
         grad_x: (T, H), dtype of grad_xp.
     """
-    plan = expect_plan(plan)
+    plan = expect_plan(plan, tensors=False)
     storage, dtype_name, dtype = activation(grad_xp, "grad_xp", ndim=2)
     expect_rows("grad_xp", storage.shape, plan.num_rows, "R = plan.num_rows")
     return restore(_core.permute_backward(storage, dtype_name, plan.dest), dtype)
@@ -133,7 +133,7 @@ def combine_backward(grad_y: Any, yp: Any, plan: RoutingPlan, weights: Any = Non
         grad_yp: (R, H), dtype of yp: grad_yp[dest[t,s]] = w[t,s] * grad_y[t], padding rows 0.
         grad_weights: (T, S), dtype of the weights: <grad_y[t], yp[dest[t,s]]>, 0 where dropped.
     """
-    plan = expect_plan(plan)
+    plan = expect_plan(plan, tensors=False)
     yp_storage, dtype_name, dtype = activation(yp, "yp", ndim=2)
     gy_storage, gy_dtype_name, _ = activation(grad_y, "grad_y", ndim=2)
     if gy_dtype_name != dtype_name:
@@ -159,7 +159,7 @@ def route_backward(grad_weights: Any, plan: RoutingPlan, logits: Any) -> np.ndar
     Returns:
         grad_logits: (T, E), dtype of logits.
     """
-    plan = expect_plan(plan)
+    plan = expect_plan(plan, tensors=False)
     storage, _, dtype = activation(logits, "logits", ndim=2)
     expect_logits_shape(storage.shape, plan.probs.shape)
     g = float_array(grad_weights, "grad_weights", plan.probs.dtype, ndim=2)

@@ -9,7 +9,7 @@ import numpy as np
 import torch
 
 from .._checks import ACTIVATION_DTYPES, HALF_DTYPES, accumulation_name, bad_activation_dtype, shape_error
-from ..errors import DTypeError
+from ..errors import DeviceError, DTypeError
 from ..plan import PLAN_FIELDS, field_shapes
 
 # The activation dtypes (moeroute._checks) as torch dtypes: name of each, and its accumulation dtype.
@@ -20,20 +20,20 @@ _ACCUMULATION = {dtype: getattr(torch, accumulation_name(name)) for dtype, name 
 
 def check_cpu(t: torch.Tensor, name: str) -> None:
     if not t.is_cpu:
-        raise DTypeError(f"{name}: got a tensor on {t.device}, expected a CPU tensor")
+        raise DeviceError(f"{name}: got a tensor on {t.device}, expected a CPU tensor")
 
 
 def check_device(t: torch.Tensor, name: str) -> None:
     """Dense tensors on the CPU or a CUDA device are supported."""
     if not (t.is_cpu or t.is_cuda):
-        raise DTypeError(f"{name}: got a tensor on {t.device}, expected a CPU or CUDA tensor")
+        raise DeviceError(f"{name}: got a tensor on {t.device}, expected a CPU or CUDA tensor")
     if t.layout is not torch.strided:
         raise DTypeError(f"{name}: got a {t.layout} tensor, expected a dense (torch.strided) tensor")
 
 
 def check_same_device(t: torch.Tensor, name: str, other: torch.Tensor, other_name: str) -> None:
     if not (t.is_cpu and other.is_cpu) and t.device != other.device:  # (device objects are slow)
-        raise DTypeError(f"{name}: got a tensor on {t.device}, expected the device of {other_name} ({other.device})")
+        raise DeviceError(f"{name}: got a tensor on {t.device}, expected the device of {other_name} ({other.device})")
 
 
 def activation_name(t: torch.Tensor, name: str) -> str:

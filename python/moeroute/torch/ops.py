@@ -58,7 +58,7 @@ def _expert_choice_capacity(num_tokens: int, num_experts: int, capacity: Optiona
 
 def permute(x: Tensor, plan: RoutingPlan) -> Tensor:
     """moeroute.permute for tensors: xp[r] = x[plan.src[r]], padding rows 0."""
-    plan = expect_plan(plan)
+    plan = expect_plan(plan, tensors=True)
     check_activation(x, "x")
     check_same_device(x, "x", plan.src, "plan")
     expect_rows("x", x.shape, plan.num_tokens, "T = plan.num_tokens")
@@ -70,7 +70,7 @@ def permute_shared(x: Tensor, plan: RoutingPlan, uses: int) -> Tuple[Tensor, ...
     up projections): on CPU with autograd, the first and views of it, whose gradients permute's
     backward sums while it gathers (instead of autograd adding the [R, H] gradients in a pass of
     its own); elsewhere the same tensor `uses` times."""
-    plan = expect_plan(plan)
+    plan = expect_plan(plan, tensors=True)
     check_activation(x, "x")
     check_same_device(x, "x", plan.src, "plan")
     expect_rows("x", x.shape, plan.num_tokens, "T = plan.num_tokens")
@@ -92,7 +92,7 @@ def _weights(weights: Any, plan: RoutingPlan) -> Tensor:
 
 def combine(yp: Tensor, plan: RoutingPlan, weights: Optional[Tensor] = None) -> Tensor:
     """moeroute.combine for tensors: y[t] = sum over kept slots of w[t,s] * yp[dest[t,s]]."""
-    plan = expect_plan(plan)
+    plan = expect_plan(plan, tensors=True)
     check_activation(yp, "yp")
     check_same_device(yp, "yp", plan.dest, "plan")
     expect_rows("yp", yp.shape, plan.num_rows, "R = plan.num_rows")
@@ -101,7 +101,7 @@ def combine(yp: Tensor, plan: RoutingPlan, weights: Optional[Tensor] = None) -> 
 
 def permute_backward(grad_xp: Tensor, plan: RoutingPlan) -> Tensor:
     """moeroute.permute_backward for tensors: grad_x[t] = sum over kept slots of grad_xp[dest[t,s]]."""
-    plan = expect_plan(plan)
+    plan = expect_plan(plan, tensors=True)
     check_activation(grad_xp, "grad_xp")
     check_same_device(grad_xp, "grad_xp", plan.dest, "plan")
     expect_rows("grad_xp", grad_xp.shape, plan.num_rows, "R = plan.num_rows")
@@ -111,7 +111,7 @@ def permute_backward(grad_xp: Tensor, plan: RoutingPlan) -> Tensor:
 def combine_backward(grad_y: Tensor, yp: Tensor, plan: RoutingPlan,
                      weights: Optional[Tensor] = None) -> Tuple[Tensor, Tensor]:
     """moeroute.combine_backward for tensors: (grad_yp, grad_weights)."""
-    plan = expect_plan(plan)
+    plan = expect_plan(plan, tensors=True)
     check_activation(yp, "yp")
     check_activation(grad_y, "grad_y")
     check_same_device(yp, "yp", plan.dest, "plan")
@@ -126,7 +126,7 @@ def combine_backward(grad_y: Tensor, yp: Tensor, plan: RoutingPlan,
 
 def route_backward(grad_weights: Tensor, plan: RoutingPlan, logits: Tensor) -> Tensor:
     """moeroute.route_backward for tensors: the gradient of the plan's weights w.r.t. the logits."""
-    plan = expect_plan(plan)
+    plan = expect_plan(plan, tensors=True)
     check_activation(logits, "logits")
     expect_logits_shape(logits.shape, plan.probs.shape)
     if not isinstance(grad_weights, Tensor) or not grad_weights.dtype.is_floating_point:

@@ -43,3 +43,25 @@ def test_readme_commands_are_the_ci_commands():
     assert len(commands) == 2
     for command in commands:
         assert command.strip() in ci
+
+
+DOCS = README.parent / "docs"
+
+
+def test_reference_docs_exist_and_are_linked():
+    semantics = DOCS / "semantics.md"
+    assert semantics.is_file(), "docs/semantics.md is missing"
+    assert "docs/semantics.md" in README.read_text(), "README does not link docs/semantics.md"
+    text = semantics.read_text()
+    for topic in ("Capacity", "priority", "Dropless", "Expert choice", "RoutingPlan", "combine_backward",
+                  "route_backward", "load_balancing_loss", "dtype rule", "Errors", "set_checks"):
+        assert topic in text, f"docs/semantics.md does not cover {topic}"
+
+
+@pytest.mark.parametrize("doc", sorted(DOCS.glob("*.md")), ids=lambda p: p.name)
+def test_docs_examples_run(doc):
+    blocks = python_blocks(doc.read_text())
+    for i, block in enumerate(blocks):
+        if "import torch" in block:
+            pytest.importorskip("torch")
+        exec(compile(block, f"{doc}:python block {i + 1}", "exec"), {})

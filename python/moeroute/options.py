@@ -282,6 +282,7 @@ def route_function(route_with_options: Callable[[Any, RouteOptions], Any], where
             ShapeError, DTypeError, ArgumentError, LogitsError, IndexOverflowError.
 
         The options can also be built once as a RouteOptions and passed to `route_with_options`.
+        See docs/semantics.md for the exact rules (ties, capacity, priorities, normalization).
 
         Example:
             >>> import numpy as np, moeroute

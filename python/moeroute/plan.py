@@ -67,6 +67,9 @@ class RoutingPlan:
         capacity: rows per expert in the capacity layout, or None (dropless).
         score, normalize, scale: how the weights were computed (used by route_backward).
 
+    See docs/semantics.md (section 6) for the plan's invariants and row layout: each expert's kept
+    picks fill the start of its segment in ascending token order, padding rows after them.
+
     Example:
         >>> import numpy as np, moeroute
         >>> plan = moeroute.route(np.array([[2.0, 1.0, 0.0]], np.float32), k=2)

@@ -53,8 +53,9 @@ class MoE(nn.Module):
         load_balancing_coef, z_loss_coef, importance_coef, noisy_load_coef: weights of the
             auxiliary losses summed into `aux_loss` after each forward.
 
-    After each forward: `aux_loss` (0-d tensor to add to the training loss), `losses` (each term,
-    unweighted) and `stats` (RoutingStats).
+    Call it on a (..., hidden_size) tensor of the layer's dtype and device; it returns the same
+    shape (see `forward`). After each forward: `aux_loss` (0-d tensor to add to the training
+    loss), `losses` (each term, unweighted) and `stats` (RoutingStats). See docs/semantics.md.
 
     Example:
         >>> import torch
@@ -93,6 +94,10 @@ class MoE(nn.Module):
         importance_coef: float = 0.0,
         noisy_load_coef: float = 0.0,
     ) -> None:
+        """Builds the layer: a bias-free router nn.Linear(hidden_size, num_experts), the experts
+        (default: StackedFFN with `activation`) and the routing options, checked here (ArgumentError
+        for an out-of-range option). Every argument is described in the class docstring
+        (help(MoE)); the routing options mean what they mean in moeroute.route."""
         super().__init__()
         hidden_size = integer(hidden_size, "hidden_size", 1)
         num_experts = integer(num_experts, "num_experts", 1)
@@ -169,8 +174,40 @@ class MoE(nn.Module):
                 and matmul_dtype(tokens.dtype, tokens.device) == tokens.dtype)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """x: (..., hidden_size) tokens (any leading shape) -> the same shape: each token's
-        weighted sum of its experts' outputs. Sets aux_loss, losses and stats."""
+        """Routes the tokens of x to their experts and returns the combined outputs.
+
+        Args:
+            x: (..., hidden_size) tokens, any leading shape (e.g. (batch, sequence, hidden_size));
+                its N = x.numel() // hidden_size rows are routed as N tokens. Must have the
+                layer's dtype and be on the layer's device (DTypeError otherwise; ShapeError for
+                a last dimension other than hidden_size).
+
+        Returns:
+            A tensor of x's shape, dtype and device: each token's weighted sum of its experts'
+            outputs (moeroute.combine with the plan's weights); zeros for a token whose picks were
+            all dropped by capacity, so keep a residual connection around the layer.
+
+        Routing: logits = router(x) (routed in float32 for half-precision layers), then
+        moeroute.route with the layer's options (routing="token", with `expert_bias` as
+        selection-only bias when bias_update_rate > 0) or moeroute.expert_choice
+        (routing="expert").
+
+        Sets, after each call:
+            aux_loss: 0-d tensor, the sum of coef * loss over the losses with a non-zero
+                coefficient; add it to the training loss.
+            losses: dict of those losses, unweighted ("load_balancing", "z_loss" on the clean
+                logits, "importance", "noisy_load").
+            stats: RoutingStats (tokens_per_expert, assigned_per_expert, num_dropped).
+
+        In training mode only (module.train()): `jitter` multiplies the router's input (not the
+        experts') by uniform noise in [1 - jitter, 1 + jitter]; noisy_gating adds
+        randn * (softplus(noise(x)) + 1e-2) to the logits (and only then is "noisy_load"
+        computed); bias_update_rate > 0 updates `expert_bias` after the forward by
+        rate * sign(mean load - load), load being the picks per expert before capacity. In eval
+        mode the layer is deterministic (the bias still steers selection, without updates).
+
+        See docs/semantics.md (section 13) for the details and the routing ops' exact rules.
+        """
         self._check_input(x)
         shape = x.shape
         tokens = x.reshape(-1, self.hidden_size)

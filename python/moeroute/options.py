@@ -82,6 +82,9 @@ class RouteOptions:
             integer(min_capacity, "min_capacity", 0), integer(capacity_multiple, "capacity_multiple", 1),
             choice(priority, "priority", PRIORITIES), integer(pad_to, "pad_to", 1),
         )
+        if (values[5] is None) != (values[6] is None):
+            raise ArgumentError(f"num_groups: got num_groups={values[5]}, topk_groups={values[6]}, expected both "
+                                f"num_groups and topk_groups, or neither")
         for setter, value in zip(_SETTERS, values):
             setter(self, value)
 

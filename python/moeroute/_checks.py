@@ -6,11 +6,15 @@ from __future__ import annotations
 
 import operator
 import os
-from typing import Any, Optional, Sequence, Tuple
+from typing import TYPE_CHECKING, Any, Optional, Sequence, Set, Tuple
 
 import numpy as np
 
 from .errors import ArgumentError, DTypeError, ShapeError
+
+if TYPE_CHECKING:
+    import torch
+    from typing_extensions import TypeGuard
 
 # The activation dtypes, by name; half types travel to the CPU core as 16-bit integer views.
 ACTIVATION_DTYPES = ("float32", "float64", "float16", "bfloat16")
@@ -54,10 +58,10 @@ def shape_error(name: str, shape: Sequence[int], ndim: int, kind: str) -> ShapeE
     return ShapeError(f"{name}: got shape {list(shape)}, expected a {ndim}-D {kind} [{dims}]")
 
 
-_TENSOR_TYPES: set = set()
+_TENSOR_TYPES: Set[type] = set()
 
 
-def is_torch(value: Any) -> bool:
+def is_torch(value: Any) -> TypeGuard[torch.Tensor]:
     """Whether value is a torch.Tensor, told without importing torch (its type's module and a
     tensor method); the tensor types seen are remembered, so later calls are one set lookup."""
     kind = type(value)

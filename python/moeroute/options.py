@@ -5,15 +5,23 @@ from __future__ import annotations
 
 import inspect
 import math
-from typing import TYPE_CHECKING, Any, Callable, Dict, Optional
+from typing import TYPE_CHECKING, Any, Callable, Dict, Optional, Protocol, Tuple, Union
 
 import numpy as np
 
 from ._checks import check_top_k, choice, integer, is_torch, optional_integer, real
 from .errors import ArgumentError, DTypeError, ShapeError
 
+from ._types import ArrayT
+
 if TYPE_CHECKING:
+    import torch
+    from numpy.typing import ArrayLike, NDArray
+
     from .plan import RoutingPlan
+
+    # route's bias: a tensor (kept as it is) or anything array-like (kept as a float64 array).
+    BiasLike = Union[torch.Tensor, ArrayLike]
 
 SCORES = ("softmax", "sigmoid")
 NORMALIZATIONS = ("none", "topk", "kept")
@@ -47,7 +55,7 @@ class RouteOptions:
     score: str
     normalize: str
     scale: float
-    bias: Any
+    bias: Union[NDArray[np.float64], torch.Tensor, None]
     num_groups: Optional[int]
     topk_groups: Optional[int]
     capacity: Optional[int]
@@ -64,7 +72,7 @@ class RouteOptions:
         score: str = "softmax",
         normalize: str = "topk",
         scale: float = 1.0,
-        bias: Any = None,
+        bias: Optional[BiasLike] = None,
         num_groups: Optional[int] = None,
         topk_groups: Optional[int] = None,
         capacity: Optional[int] = None,
@@ -117,7 +125,7 @@ class RouteOptions:
         if bias is not None and (bias.ndim != 1 or bias.shape[0] != num_experts):
             raise ShapeError(f"bias: got shape {list(bias.shape)}, expected [{num_experts}] (one per expert)")
 
-    def with_bias(self, bias: Any) -> "RouteOptions":
+    def with_bias(self, bias: Optional[BiasLike]) -> "RouteOptions":
         """A copy with this bias (None: none), checking only the bias: e.g. a layer's live bias
         buffer, read at each call."""
         options = RouteOptions.trusted(**self.fields())
@@ -184,7 +192,7 @@ def _capacity_factor(value: Any) -> Optional[float]:
     return factor
 
 
-def _bias(bias: Any) -> Any:
+def _bias(bias: Any) -> Union[NDArray[np.float64], torch.Tensor, None]:
     """None; a float tensor as it is; else a read-only 1-D float64 NumPy array of finite values."""
     if bias is None:
         return None
@@ -211,7 +219,7 @@ def _bias(bias: Any) -> Any:
     return array
 
 
-_CACHE: Dict[tuple, RouteOptions] = {}
+_CACHE: Dict[Tuple[Any, ...], RouteOptions] = {}
 
 
 def route_options(k: Any, score: Any, normalize: Any, scale: Any, bias: Any, num_groups: Any, topk_groups: Any,
@@ -219,6 +227,7 @@ def route_options(k: Any, score: Any, normalize: Any, scale: Any, bias: Any, num
                   pad_to: Any) -> RouteOptions:
     """RouteOptions of route's arguments. Options without a bias are built and checked once per
     distinct (value, type) combination and remembered (a front's per-call cost is a dict lookup)."""
+    key: Optional[Tuple[Any, ...]] = None
     if bias is None:
         key = (k, score, normalize, scale, num_groups, topk_groups, capacity, capacity_factor, min_capacity,
                capacity_multiple, priority, pad_to, type(k), type(scale), type(num_groups), type(topk_groups),
@@ -239,18 +248,20 @@ def route_options(k: Any, score: Any, normalize: Any, scale: Any, bias: Any, num
     return options
 
 
-def route_function(route_with_options: Callable[[Any, RouteOptions], Any], where: str) -> Callable[..., Any]:
-    """The public `route` of a front (`where`: its module), written once here: it builds the
-    RouteOptions of its arguments and calls the front's `route_with_options(logits, options)`."""
+class RouteFunction(Protocol[ArrayT]):
+    """The type of a front's `route`: moeroute.numpy.route is a RouteFunction[np.ndarray] (NumPy logits,
+    NumPy plan), moeroute.torch.route a RouteFunction[torch.Tensor]. (Its parameters are
+    RouteOptions' and the run-time route's: tests/test_types.py keeps the three equal.)"""
 
-    def route(
-        logits: Any,
+    def __call__(
+        self,
+        logits: ArrayT,
         k: int,
         *,
         score: str = "softmax",
         normalize: str = "topk",
         scale: float = 1.0,
-        bias: Any = None,
+        bias: Optional[BiasLike] = None,
         num_groups: Optional[int] = None,
         topk_groups: Optional[int] = None,
         capacity: Optional[int] = None,
@@ -259,7 +270,55 @@ def route_function(route_with_options: Callable[[Any, RouteOptions], Any], where
         capacity_multiple: int = 1,
         priority: str = "slot",
         pad_to: int = 1,
-    ) -> "RoutingPlan":
+    ) -> RoutingPlan[ArrayT]: ...
+
+
+class DispatchRoute(Protocol):
+    """The type of moeroute.route: NumPy logits give a RoutingPlan[np.ndarray], tensor logits a
+    RoutingPlan[torch.Tensor] (ArrayT is either, per call)."""
+
+    def __call__(
+        self,
+        logits: ArrayT,
+        k: int,
+        *,
+        score: str = "softmax",
+        normalize: str = "topk",
+        scale: float = 1.0,
+        bias: Optional[BiasLike] = None,
+        num_groups: Optional[int] = None,
+        topk_groups: Optional[int] = None,
+        capacity: Optional[int] = None,
+        capacity_factor: Optional[float] = None,
+        min_capacity: int = 0,
+        capacity_multiple: int = 1,
+        priority: str = "slot",
+        pad_to: int = 1,
+    ) -> RoutingPlan[ArrayT]: ...
+
+
+def route_function(route_with_options: Callable[[ArrayT, RouteOptions], RoutingPlan[ArrayT]],
+                   where: str) -> RouteFunction[ArrayT]:
+    """The public `route` of a front (`where`: its module), written once here: it builds the
+    RouteOptions of its arguments and calls the front's `route_with_options(logits, options)`."""
+
+    def route(
+        logits: ArrayT,
+        k: int,
+        *,
+        score: str = "softmax",
+        normalize: str = "topk",
+        scale: float = 1.0,
+        bias: Optional[BiasLike] = None,
+        num_groups: Optional[int] = None,
+        topk_groups: Optional[int] = None,
+        capacity: Optional[int] = None,
+        capacity_factor: Optional[float] = None,
+        min_capacity: int = 0,
+        capacity_multiple: int = 1,
+        priority: str = "slot",
+        pad_to: int = 1,
+    ) -> RoutingPlan[ArrayT]:
         """Token-choice routing: each token picks its k best experts; capacity decides which picks fit.
 
         Args:

@@ -5,14 +5,16 @@ derive their output allocations."""
 
 from __future__ import annotations
 
-from typing import Any, Dict, Iterable, Mapping, NamedTuple, Optional, Tuple
+from typing import Any, Dict, Generic, Iterable, Mapping, NamedTuple, Optional, Tuple, cast
 
 import numpy as np
+from numpy.typing import ArrayLike, NDArray
 
 from . import _core
 from .errors import DTypeError, PlanError, ShapeError
 from ._checks import choice, optional_integer, real
 from .options import NORMALIZATIONS, SCORES
+from ._types import ArrayT
 
 
 class PlanField(NamedTuple):
@@ -52,7 +54,7 @@ def field_shapes(num_tokens: int, num_experts: int, slots: int, rows: int) -> Tu
 _NUMPY_KINDS = {"int32": np.dtype(np.int32), "int64": np.dtype(np.int64)}
 
 
-class RoutingPlan:
+class RoutingPlan(Generic[ArrayT]):
     """Which expert each (token, slot) goes to, with what weight, and where its row lives.
 
     Attributes (read-only NumPy arrays; T tokens, E experts, S slots, R permuted rows):
@@ -79,17 +81,31 @@ class RoutingPlan:
 
     __slots__ = FIELD_NAMES + ("capacity", "score", "normalize", "scale")
 
+    # The slots, for type checkers: ArrayT is np.ndarray or torch.Tensor (see ArrayT).
+    weights: ArrayT
+    probs: ArrayT
+    expert_ids: ArrayT
+    dest: ArrayT
+    src: ArrayT
+    expert_offsets: ArrayT
+    tokens_per_expert: ArrayT
+    assigned_per_expert: ArrayT
+    capacity: Optional[int]
+    score: str
+    normalize: str
+    scale: float
+
     def __init__(
-        self,
+        self: RoutingPlan[NDArray[Any]],
         *,
-        expert_ids: Any,
-        weights: Any,
-        probs: Any,
-        dest: Any,
-        src: Any,
-        expert_offsets: Any,
-        tokens_per_expert: Any,
-        assigned_per_expert: Any,
+        expert_ids: ArrayLike,
+        weights: ArrayLike,
+        probs: ArrayLike,
+        dest: ArrayLike,
+        src: ArrayLike,
+        expert_offsets: ArrayLike,
+        tokens_per_expert: ArrayLike,
+        assigned_per_expert: ArrayLike,
         capacity: Optional[int] = None,
         score: str = "softmax",
         normalize: str = "topk",
@@ -113,17 +129,18 @@ class RoutingPlan:
               choice(normalize, "normalize", NORMALIZATIONS), real(scale, "scale"))
 
     @classmethod
-    def _from_core(cls, fields: Tuple[Any, ...], score: str, normalize: str, scale: float) -> "RoutingPlan":
+    def _from_core(cls, fields: Tuple[Any, ...], score: str, normalize: str,
+                   scale: float) -> RoutingPlan[NDArray[Any]]:
         """Wraps what the core's route / expert_choice return (the arrays in FIELD_NAMES order, then
         the capacity), already consistent, so not re-validated; the arrays are made read-only."""
-        arrays = fields[:len(PLAN_FIELDS)]
+        arrays: Tuple[NDArray[Any], ...] = fields[:len(PLAN_FIELDS)]
         for array in arrays:
             array.flags.writeable = False
-        return cls._of(arrays, fields[len(PLAN_FIELDS)], score, normalize, scale)
+        return RoutingPlan._of(arrays, fields[len(PLAN_FIELDS)], score, normalize, scale)
 
     @classmethod
-    def _of(cls, arrays: Iterable[Any], capacity: Optional[int], score: str, normalize: str,
-            scale: float) -> "RoutingPlan":
+    def _of(cls, arrays: Iterable[ArrayT], capacity: Optional[int], score: str, normalize: str,
+            scale: float) -> RoutingPlan[ArrayT]:
         """A plan of these fields, in FIELD_NAMES order, as they are (already consistent: not
         re-validated)."""
         plan = object.__new__(cls)
@@ -172,7 +189,7 @@ class RoutingPlan:
             f"scale={self.scale:g})"
         )
 
-    def to_dict(self) -> Dict[str, np.ndarray]:
+    def to_dict(self) -> Dict[str, NDArray[Any]]:
         """All fields as NumPy arrays, ready for np.savez (capacity -1 means dropless), with the
         framework ("numpy" or "torch") and device ("cpu", "cuda:0", ...) the plan's arrays are in."""
         d = {name: _numpy(getattr(self, name)) for name in FIELD_NAMES}
@@ -186,7 +203,7 @@ class RoutingPlan:
         return d
 
     @classmethod
-    def from_dict(cls, d: Mapping[str, Any], device: Optional[str] = None) -> "RoutingPlan":
+    def from_dict(cls, d: Mapping[str, Any], device: Optional[str] = None) -> RoutingPlan[Any]:
         """Rebuilds (and validates) a plan from `to_dict()` output or an np.load of it, in the
         framework it was saved from (a torch plan comes back as tensors, on its saved device or on
         `device` if given; dicts without a framework give NumPy plans)."""
@@ -211,16 +228,17 @@ class RoutingPlan:
 
     def save(self, path: Any) -> None:
         """Writes the plan to an .npz file (with its framework and device, see to_dict)."""
-        np.savez(path, **self.to_dict())
+        arrays: Dict[str, Any] = self.to_dict()  # (typed Any: numpy's stub reads **kwds as allow_pickle too)
+        np.savez(path, **arrays)
 
     @classmethod
-    def load(cls, path: Any, device: Optional[str] = None) -> "RoutingPlan":
+    def load(cls, path: Any, device: Optional[str] = None) -> RoutingPlan[Any]:
         """Reads a plan written by `save` and validates it; a torch plan comes back as tensors, on
         its saved device or on `device`."""
         with np.load(path) as data:
             return cls.from_dict({name: data[name] for name in data.files}, device=device)
 
-    def numpy(self) -> "RoutingPlan":
+    def numpy(self) -> RoutingPlan[NDArray[Any]]:
         """The same plan with NumPy arrays (itself for a NumPy plan; copies of a tensor plan's
         arrays, moved to the host)."""
         if isinstance(self.src, np.ndarray):
@@ -236,12 +254,12 @@ class RoutingPlan:
         arrays = tuple(_detached(getattr(self, name)) for name in FIELD_NAMES)
         return (_restore_plan, (arrays, self.capacity, self.score, self.normalize, self.scale))
 
-    def __copy__(self) -> "RoutingPlan":
+    def __copy__(self) -> RoutingPlan[ArrayT]:
         return self  # (immutable: a shallow copy would share every array anyway)
 
 
 def _restore_plan(arrays: Tuple[Any, ...], capacity: Optional[int], score: str, normalize: str,
-                  scale: float) -> RoutingPlan:
+                  scale: float) -> RoutingPlan[Any]:
     """A pickled plan, validated; tensors stay tensors on their device."""
     checked = RoutingPlan(**{name: _numpy(a) for name, a in zip(FIELD_NAMES, arrays)}, capacity=capacity,
                           score=score, normalize=normalize, scale=scale)
@@ -266,7 +284,7 @@ _SETTERS = tuple(getattr(RoutingPlan, name).__set__
                  for name in FIELD_NAMES + ("capacity", "score", "normalize", "scale"))
 
 
-def _fill(plan: RoutingPlan, arrays: Iterable[Any], capacity: Optional[int], score: str, normalize: str,
+def _fill(plan: RoutingPlan[Any], arrays: Iterable[Any], capacity: Optional[int], score: str, normalize: str,
           scale: float) -> None:
     """Sets every slot of a new plan (through the slots' setters: the class's __setattr__ refuses,
     the plan being immutable)."""
@@ -274,14 +292,14 @@ def _fill(plan: RoutingPlan, arrays: Iterable[Any], capacity: Optional[int], sco
         set_field(plan, value)
 
 
-def _numpy(array: Any) -> np.ndarray:
+def _numpy(array: Any) -> NDArray[Any]:
     """A NumPy copy-free view of a plan field (torch tensors are moved to the CPU first)."""
     if isinstance(array, np.ndarray):
         return array
-    return array.detach().cpu().numpy()
+    return cast("NDArray[Any]", array.detach().cpu().numpy())
 
 
-def _checked_array(name: str, value: Any) -> np.ndarray:
+def _checked_array(name: str, value: Any) -> NDArray[Any]:
     array = value if isinstance(value, np.ndarray) else np.asarray(value)
     field = _BY_NAME[name]
     wanted = _NUMPY_KINDS.get(field.kind)
@@ -300,7 +318,7 @@ def _checked_array(name: str, value: Any) -> np.ndarray:
 _BY_NAME = {f.name: f for f in PLAN_FIELDS}
 
 
-def _check_float_shapes(arrays: Mapping[str, np.ndarray]) -> None:
+def _check_float_shapes(arrays: Mapping[str, NDArray[Any]]) -> None:
     t, s = arrays["expert_ids"].shape
     e = arrays["tokens_per_expert"].shape[0]
     if arrays["weights"].shape != (t, s):
@@ -318,7 +336,7 @@ def _check_float_shapes(arrays: Mapping[str, np.ndarray]) -> None:
         raise PlanError(f"plan.weights: non-finite value at token {t_bad}, slot {s_bad}")
 
 
-def expect_plan(plan: Any, tensors: Optional[bool] = None) -> RoutingPlan:
+def expect_plan(plan: Any, tensors: Optional[bool] = None) -> RoutingPlan[Any]:
     """plan, if it is a RoutingPlan (DTypeError otherwise) — with `tensors` given, one of tensors
     (True) or of NumPy arrays (False), as the data it is used with."""
     if not isinstance(plan, RoutingPlan):

@@ -7,6 +7,7 @@ from __future__ import annotations
 from typing import Any
 
 import numpy as np
+from numpy.typing import ArrayLike, NDArray
 
 from .. import _core
 from .. import _loss_formulas as formulas
@@ -14,6 +15,9 @@ from .._checks import check_top_k, integer
 from ..errors import LogitsError, ShapeError
 from ..plan import RoutingPlan
 from ._convert import float_array
+
+# The plans of this front: NumPy arrays.
+NumpyPlan = RoutingPlan[NDArray[Any]]
 
 
 class _NumPy:
@@ -24,21 +28,21 @@ class _NumPy:
         return np.float64(0.0)
 
     @staticmethod
-    def column_means(x: np.ndarray) -> np.ndarray:
+    def column_means(x: NDArray[Any]) -> Any:
         return x.mean(axis=0)
 
     @staticmethod
-    def column_sums(x: np.ndarray) -> np.ndarray:
+    def column_sums(x: NDArray[Any]) -> Any:
         return x.sum(axis=0)
 
     dot = staticmethod(np.dot)
 
     @staticmethod
-    def mean(x: np.ndarray) -> Any:
+    def mean(x: NDArray[Any]) -> Any:
         return x.mean()
 
     @staticmethod
-    def variance(x: np.ndarray) -> Any:
+    def variance(x: NDArray[Any]) -> Any:
         return x.var()
 
     @staticmethod
@@ -46,14 +50,14 @@ class _NumPy:
         return number if condition else value
 
     @staticmethod
-    def row_logsumexp(x: np.ndarray) -> np.ndarray:
+    def row_logsumexp(x: NDArray[Any]) -> Any:
         m = x.max(axis=1, keepdims=True)
         finite_m = np.where(np.isfinite(m), m, 0.0)
         with np.errstate(over="ignore", invalid="ignore", divide="ignore"):
             return np.log(np.exp(x - finite_m).sum(axis=1)) + finite_m[:, 0]
 
     @staticmethod
-    def per_expert_sum(expert_ids: np.ndarray, weights: np.ndarray, num_experts: int) -> np.ndarray:
+    def per_expert_sum(expert_ids: NDArray[Any], weights: NDArray[Any], num_experts: int) -> NDArray[Any]:
         ids = expert_ids.reshape(-1)
         used = ids >= 0
         return np.bincount(ids[used], weights=weights.reshape(-1)[used].astype(np.float64), minlength=num_experts)
@@ -62,7 +66,7 @@ class _NumPy:
 _OPS = _NumPy()
 
 
-def load_balancing_loss(plan: RoutingPlan) -> float:
+def load_balancing_loss(plan: NumpyPlan) -> float:
     """Switch Transformer's loss: E * sum_e f_e * P_e, f_e = assigned_per_expert[e] / (T * k),
     P_e = mean over tokens of probs[:, e]. 1.0 when perfectly balanced; 0.0 for T = 0.
     With a plan of tensors: a differentiable 0-d tensor (gradient through probs)."""
@@ -70,7 +74,7 @@ def load_balancing_loss(plan: RoutingPlan) -> float:
                                          plan.probs.astype(np.float64), plan.num_slots))
 
 
-def z_loss(logits: Any) -> float:
+def z_loss(logits: ArrayLike) -> float:
     """ST-MoE router z-loss: mean over tokens of logsumexp(logits[t])**2 (float64 math; a
     differentiable tensor for tensor logits)."""
     x = float_array(logits, "logits", np.float64, ndim=2)
@@ -79,12 +83,12 @@ def z_loss(logits: Any) -> float:
     return float(formulas.z_loss(_OPS, x))
 
 
-def importance_loss(plan: RoutingPlan) -> float:
+def importance_loss(plan: NumpyPlan) -> float:
     """Shazeer et al. 2017: CV^2 of each expert's importance, the sum of its gate weights."""
     return float(formulas.importance(_OPS, plan.expert_ids, plan.weights, plan.num_experts))
 
 
-def noisy_load_probs(clean_logits: Any, noise_std: Any, noisy_logits: Any, k: int) -> np.ndarray:
+def noisy_load_probs(clean_logits: ArrayLike, noise_std: ArrayLike, noisy_logits: ArrayLike, k: int) -> NDArray[Any]:
     """Shazeer's smooth estimate of P(expert e is in token t's top k under fresh noise):
     Phi((clean[t,e] - kth_excluding(noisy[t], k, e)) / noise_std[t,e]).
 
@@ -111,7 +115,7 @@ def noisy_load_probs(clean_logits: Any, noise_std: Any, noisy_logits: Any, k: in
     return _core.noisy_load_probs(clean, noisy, std, k)
 
 
-def noisy_load_loss(clean_logits: Any, noise_std: Any, noisy_logits: Any, k: int) -> float:
+def noisy_load_loss(clean_logits: ArrayLike, noise_std: ArrayLike, noisy_logits: ArrayLike, k: int) -> float:
     """Shazeer et al. 2017's load loss: CV^2 over experts of sum_t noisy_load_probs[t, e]."""
     return float(formulas.noisy_load(_OPS, noisy_load_probs(clean_logits, noise_std, noisy_logits, k)))
 

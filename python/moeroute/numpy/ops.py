@@ -6,6 +6,7 @@ from __future__ import annotations
 from typing import Any, Optional, Tuple
 
 import numpy as np
+from numpy.typing import ArrayLike, NDArray
 
 from .. import _core
 from .._checks import (accumulation_name, expect_logits_shape, expect_rows, expect_weights_shape,
@@ -15,8 +16,11 @@ from ..options import RouteOptions, route_function
 from ..plan import RoutingPlan, expect_plan
 from ._convert import activation, float_array, restore
 
+# The plans of this front: NumPy arrays.
+NumpyPlan = RoutingPlan[NDArray[Any]]
 
-def route_with_options(logits: Any, options: RouteOptions) -> RoutingPlan:
+
+def route_with_options(logits: ArrayLike, options: RouteOptions) -> NumpyPlan:
     """`route` with its options built once (see moeroute.RouteOptions)."""
     storage, dtype_name, _ = activation(logits, "logits", ndim=2)
     options.check_experts(storage.shape[1], dtype_name == "float64")
@@ -30,7 +34,7 @@ def route_with_options(logits: Any, options: RouteOptions) -> RoutingPlan:
 route = route_function(route_with_options, __name__)
 
 
-def expert_choice(logits: Any, *, capacity_factor: float = 1.0, capacity: Optional[int] = None) -> RoutingPlan:
+def expert_choice(logits: ArrayLike, *, capacity_factor: float = 1.0, capacity: Optional[int] = None) -> NumpyPlan:
     """Expert-choice routing (Zhou et al. 2022): each expert takes its C highest-probability tokens.
 
     Args:
@@ -55,7 +59,7 @@ def expert_choice(logits: Any, *, capacity_factor: float = 1.0, capacity: Option
                                   "softmax", "none", 1.0)
 
 
-def permute(x: Any, plan: RoutingPlan) -> np.ndarray:
+def permute(x: ArrayLike, plan: NumpyPlan) -> NDArray[Any]:
     """Gathers token rows into expert-contiguous rows: xp[r] = x[plan.src[r]], padding rows 0.
 
     Args:
@@ -71,7 +75,7 @@ def permute(x: Any, plan: RoutingPlan) -> np.ndarray:
     return restore(_core.permute(storage, dtype_name, plan.src), dtype)
 
 
-def _weights(weights: Any, plan: RoutingPlan, dtype_name: str) -> np.ndarray:
+def _weights(weights: Optional[ArrayLike], plan: NumpyPlan, dtype_name: str) -> NDArray[Any]:
     """The combine weights in the accumulation dtype: the plan's own, or checked (T, S) weights."""
     acc = np.dtype(accumulation_name(dtype_name))
     if weights is None:
@@ -84,7 +88,7 @@ def _weights(weights: Any, plan: RoutingPlan, dtype_name: str) -> np.ndarray:
     return w
 
 
-def combine(yp: Any, plan: RoutingPlan, weights: Any = None) -> np.ndarray:
+def combine(yp: ArrayLike, plan: NumpyPlan, weights: Optional[ArrayLike] = None) -> NDArray[Any]:
     """Scatters expert outputs back to tokens: y[t] = sum over kept slots of w[t,s] * yp[dest[t,s]].
 
     Summed in slot order, accumulated in float32 (float64 for float64 yp).
@@ -104,7 +108,7 @@ def combine(yp: Any, plan: RoutingPlan, weights: Any = None) -> np.ndarray:
     return restore(_core.combine(storage, dtype_name, plan.dest, w), dtype)
 
 
-def permute_backward(grad_xp: Any, plan: RoutingPlan) -> np.ndarray:
+def permute_backward(grad_xp: ArrayLike, plan: NumpyPlan) -> NDArray[Any]:
     """Gradient of permute: grad_x[t] = sum over kept slots of grad_xp[dest[t,s]].
 
     Args:
@@ -120,7 +124,7 @@ def permute_backward(grad_xp: Any, plan: RoutingPlan) -> np.ndarray:
     return restore(_core.permute_backward(storage, dtype_name, plan.dest), dtype)
 
 
-def combine_backward(grad_y: Any, yp: Any, plan: RoutingPlan, weights: Any = None) -> Tuple[np.ndarray, np.ndarray]:
+def combine_backward(grad_y: ArrayLike, yp: ArrayLike, plan: NumpyPlan, weights: Optional[ArrayLike] = None) -> Tuple[NDArray[Any], NDArray[Any]]:
     """Gradient of combine w.r.t. yp and the weights.
 
     Args:
@@ -148,7 +152,7 @@ def combine_backward(grad_y: Any, yp: Any, plan: RoutingPlan, weights: Any = Non
     return restore(grad_yp, dtype), grad_w.astype(weights_dtype, copy=False)
 
 
-def route_backward(grad_weights: Any, plan: RoutingPlan, logits: Any) -> np.ndarray:
+def route_backward(grad_weights: ArrayLike, plan: NumpyPlan, logits: ArrayLike) -> NDArray[Any]:
     """Gradient of the plan's weights w.r.t. the logits (selection is piecewise constant).
 
     Args:

@@ -177,19 +177,11 @@ def plot_load(load: List[np.ndarray], path: str, batch: int, top_k: int, capacit
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    counts = np.stack(load).astype(np.float64)  # (steps, E)
-    window = max(1, min(10, len(counts) // 5))
-    smooth = np.stack([np.convolve(c, np.ones(window) / window, mode="valid") for c in counts.T], axis=1)
-    steps = np.arange(window, len(counts) + 1)
-    fig, ax = plt.subplots(figsize=(9, 4.5))
-    for e in range(counts.shape[1]):
-        ax.plot(steps, smooth[:, e], label=f"expert {e}", lw=1.4)
-    ax.axhline(batch * top_k / counts.shape[1], color="k", ls="--", lw=1, label="balanced")
-    ax.axhline(capacity, color="k", ls=":", lw=1, label="capacity")
-    ax.set_xlabel("training step")
-    ax.set_ylabel(f"tokens kept per step ({window}-step mean)")
-    ax.set_title(f"moeroute demo: layer-1 expert load ({batch} tokens x top-{top_k} per step)")
-    ax.legend(ncol=5, fontsize=8, loc="lower right")
+    from .plot import plot_expert_load
+
+    experts = len(load[0])
+    fig = plot_expert_load(load, capacity=capacity, balanced=batch * top_k / experts)
+    fig.axes[0].set_title(f"moeroute demo: layer-1 expert load ({batch} tokens x top-{top_k} per step)")
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)

@@ -189,6 +189,11 @@ class RoutingPlan(Generic[ArrayT]):
             f"scale={self.scale:g})"
         )
 
+    def _repr_html_(self) -> str:
+        """The notebook display: sizes, capacity, drops, options and a bar chart of tokens per expert."""
+        from ._html import plan_html
+        return plan_html(self)
+
     def to_dict(self) -> Dict[str, NDArray[Any]]:
         """All fields as NumPy arrays, ready for np.savez (capacity -1 means dropless), with the
         framework ("numpy" or "torch") and device ("cpu", "cuda:0", ...) the plan's arrays are in."""

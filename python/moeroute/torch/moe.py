@@ -29,6 +29,11 @@ class RoutingStats:
     tokens_per_expert: torch.Tensor
     assigned_per_expert: torch.Tensor
     num_dropped: int
+    capacity: Optional[int] = None  # rows per expert of that forward's plan (None: dropless)
+
+    def _repr_html_(self) -> str:
+        from .._html import stats_html
+        return stats_html(self)
 
 
 class MoE(nn.Module):
@@ -277,7 +282,7 @@ class MoE(nn.Module):
         self.losses = terms
         self.aux_loss = sum((c[name] * value for name, value in terms.items()), clean.new_zeros(()))
         self.stats = RoutingStats(plan.tokens_per_expert.detach(), plan.assigned_per_expert.detach(),
-                                  plan.num_dropped)
+                                  plan.num_dropped, plan.capacity)
         if self.training and self.bias_update_rate > 0:
             with torch.no_grad():
                 load = plan.assigned_per_expert.to(self.expert_bias.dtype)

@@ -33,7 +33,7 @@ def host(array: Any) -> np.ndarray:
     if isinstance(array, np.ndarray):
         return array
     if hasattr(array, "detach"):
-        return array.detach().cpu().numpy()
+        array = array.detach().cpu().numpy()
     return np.asarray(array)
 
 
@@ -131,7 +131,10 @@ def _chart(kept: np.ndarray, assigned: np.ndarray, capacity: Optional[int]) -> s
     width = left + slot * len(shown) + 96.0
     height = top + plot_h + bottom
     ymax = float(max(int(a.max()), int(capacity or 0), 1))
-    y = lambda v: top + plot_h * (1.0 - float(v) / ymax)  # noqa: E731
+
+    def y(value: Any) -> float:
+        return top + plot_h * (1.0 - float(value) / ymax)
+
     parts: List[str] = [
         f"<svg xmlns='http://www.w3.org/2000/svg' width='{width:.0f}' height='{height:.0f}' "
         f"viewBox='0 0 {width:.0f} {height:.0f}' role='img' style='font-size:10px;overflow:visible' "
@@ -196,7 +199,10 @@ def _counts_table(kept: np.ndarray, assigned: np.ndarray) -> str:
     if num == 0:
         return ""
     shown = min(num, MAX_TABLE_ROWS)
-    cells = lambda values: "".join(f"<td style='{_NUM}'>{int(v):,}</td>" for v in values[:shown])  # noqa: E731
+
+    def cells(values: np.ndarray) -> str:
+        return "".join(f"<td style='{_NUM}'>{int(v):,}</td>" for v in values[:shown])
+
     more = f"<td style='{_NUM}'>… {num - shown:,} more</td>" if num > shown else ""
     head = "".join(f"<th style='{_NUM}'>{i}</th>" for i in range(shown))
     rows = [("expert", head + (f"<th style='{_NUM}'></th>" if more else "")),

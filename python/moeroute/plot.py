@@ -63,7 +63,8 @@ def moving_average(values: np.ndarray, window: int) -> np.ndarray:
     if window <= 1:
         return values
     csum = np.cumsum(np.concatenate([np.zeros((1,) + values.shape[1:]), values]), axis=0)
-    return (csum[window:] - csum[:-window]) / window
+    averaged: np.ndarray = (csum[window:] - csum[:-window]) / window
+    return averaged
 
 
 def _capacity_of(steps: Any, capacity: Optional[float]) -> Optional[float]:

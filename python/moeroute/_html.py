@@ -106,7 +106,7 @@ def _render(title: str, facts: Sequence[Tuple[str, str]], kept: np.ndarray, assi
             capacity: Optional[int]) -> str:
     rows = "".join(f"<tr><th style='{_CELL};font-weight:600'>{html.escape(name)}</th>"
                    f"<td style='{_CELL}'>{html.escape(value)}</td></tr>" for name, value in facts)
-    summary = f"<table style='border-collapse:collapse;margin:0 24px 4px 0'>{rows}</table>"
+    summary = f"<table style='border-collapse:collapse;margin:0 24px 4px 0;color:inherit;font-size:inherit'>{rows}</table>"
     chart = _chart(kept, assigned, capacity)
     return (f"<div class='moeroute-repr' style=\"{_BOX}\">"
             f"<div style='font-weight:700;font-size:14px;margin-bottom:4px'>{html.escape(title)}</div>"
@@ -212,4 +212,4 @@ def _counts_table(kept: np.ndarray, assigned: np.ndarray) -> str:
     body = "".join(f"<tr><th style='{_CELL};font-weight:600'>{name}</th>{cols}</tr>" for name, cols in rows)
     return (f"<details style='margin-top:4px'><summary style='cursor:pointer'>tokens per expert "
             f"(kept / assigned / dropped)</summary><div style='overflow-x:auto'>"
-            f"<table style='border-collapse:collapse;font-size:12px'>{body}</table></div></details>")
+            f"<table style='border-collapse:collapse;font-size:12px;color:inherit'>{body}</table></div></details>")

@@ -58,7 +58,8 @@ def permute(x: ArrayT, plan: RoutingPlan[ArrayT]) -> ArrayT:
 
 
 @overload
-def combine(yp: torch.Tensor, plan: RoutingPlan[torch.Tensor], weights: Optional[torch.Tensor] = None) -> torch.Tensor: ...
+def combine(yp: torch.Tensor, plan: RoutingPlan[torch.Tensor],
+            weights: Optional[torch.Tensor] = None) -> torch.Tensor: ...
 @overload
 def combine(yp: NDArray[Any], plan: RoutingPlan[NDArray[Any]], weights: Optional[ArrayLike] = None) -> NDArray[Any]: ...
 def combine(yp: Any, plan: RoutingPlan[Any], weights: Any = None) -> Any:
@@ -81,7 +82,8 @@ def combine_backward(grad_y: Any, yp: Any, plan: RoutingPlan[Any], weights: Any 
 
 
 @overload
-def route_backward(grad_weights: torch.Tensor, plan: RoutingPlan[torch.Tensor], logits: torch.Tensor) -> torch.Tensor: ...
+def route_backward(grad_weights: torch.Tensor, plan: RoutingPlan[torch.Tensor],
+                   logits: torch.Tensor) -> torch.Tensor: ...
 @overload
 def route_backward(grad_weights: ArrayLike, plan: RoutingPlan[NDArray[Any]], logits: NDArray[Any]) -> NDArray[Any]: ...
 def route_backward(grad_weights: Any, plan: RoutingPlan[Any], logits: Any) -> Any:

@@ -124,7 +124,8 @@ def permute_backward(grad_xp: ArrayLike, plan: NumpyPlan) -> NDArray[Any]:
     return restore(_core.permute_backward(storage, dtype_name, plan.dest), dtype)
 
 
-def combine_backward(grad_y: ArrayLike, yp: ArrayLike, plan: NumpyPlan, weights: Optional[ArrayLike] = None) -> Tuple[NDArray[Any], NDArray[Any]]:
+def combine_backward(grad_y: ArrayLike, yp: ArrayLike, plan: NumpyPlan,
+                     weights: Optional[ArrayLike] = None) -> Tuple[NDArray[Any], NDArray[Any]]:
     """Gradient of combine w.r.t. yp and the weights.
 
     Args:

@@ -15,7 +15,7 @@ from ..plan import PLAN_FIELDS, field_shapes
 # The activation dtypes (moeroute._checks) as torch dtypes: name of each, and its accumulation dtype.
 _ACTIVATION_DTYPES = {getattr(torch, name): name for name in ACTIVATION_DTYPES}
 _HALF_DTYPES = {name: getattr(torch, name) for name in HALF_DTYPES}
-_ACCUMULATION = {dtype: getattr(torch, accumulation_name(name)) for dtype, name in _ACTIVATION_DTYPES.items()}
+_ACCUMULATION: Dict[torch.dtype, torch.dtype] = {dtype: getattr(torch, accumulation_name(name)) for dtype, name in _ACTIVATION_DTYPES.items()}
 
 
 def check_cpu(t: torch.Tensor, name: str) -> None:

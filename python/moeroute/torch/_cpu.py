@@ -15,7 +15,7 @@ from ._convert import accumulation_dtype, from_storage, index_array, to_storage
 Tensor = torch.Tensor
 
 
-def _plan_tensors(fields: tuple) -> Tuple[Tensor, ...]:
+def _plan_tensors(fields: _core.PlanTuple) -> Tuple[Tensor, ...]:
     """The plan's tensors (sharing memory) from the core's plan tuple (arrays, then the capacity)."""
     from_numpy = torch.from_numpy
     return tuple([from_numpy(a) for a in fields[:-1]])

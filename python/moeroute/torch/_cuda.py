@@ -54,11 +54,11 @@ def _packed_plan_outputs(logits: Tensor, slots: int, rows: int, workspace_bytes:
             used = -(-used // 64) * 64
             extra = -(-workspace_bytes // 4)
         block = torch.empty(used + extra, dtype=dtype, device=logits.device)
-        for i, part in zip(members, block[:sum(sizes)].split(sizes)):
+        for i, part in zip(members, block[:sum(sizes)].split(sizes)):  # type: ignore[no-untyped-call]
             outputs[i] = part.view(shapes[i])
         if kind == "int32":
             workspace = block[used:]
-    return tuple(outputs), workspace  # type: ignore[return-value]
+    return tuple(outputs), workspace  # type: ignore[return-value, arg-type]
 
 
 def route(logits: Tensor, options: RouteOptions, bias: Optional[Tensor],
@@ -80,7 +80,8 @@ def route(logits: Tensor, options: RouteOptions, bias: Optional[Tensor],
         bias_ptr = bias.data_ptr()
     device, stream = _stream(logits)
     _core.cuda_route(device, stream, logits.data_ptr(), dtype_name, t, e, options, bias_ptr,
-                     tuple(o.data_ptr() for o in outputs), ws.data_ptr(), ws.numel() * ws.element_size())
+                     tuple(o.data_ptr() for o in outputs),  # type: ignore[arg-type]  # (8 of them)
+                     ws.data_ptr(), ws.numel() * ws.element_size())
     return outputs, capacity
 
 
@@ -94,7 +95,8 @@ def expert_choice(logits: Tensor, capacity: Optional[int], capacity_factor: floa
     outputs, ws = _plan_outputs(logits, e, rows, _core.cuda_expert_choice_workspace(dtype_name, t, e))
     device, stream = _stream(logits)
     _core.cuda_expert_choice(device, stream, logits.data_ptr(), dtype_name, t, e, capacity, capacity_factor,
-                             tuple(o.data_ptr() for o in outputs), ws.data_ptr(), ws.numel())
+                             tuple(o.data_ptr() for o in outputs),  # type: ignore[arg-type]  # (8 of them)
+                             ws.data_ptr(), ws.numel())
     return outputs
 
 

@@ -6,7 +6,7 @@ without the dispatcher's per-call cost."""
 from __future__ import annotations
 
 import inspect
-from typing import Optional, Tuple
+from typing import Any, Callable, Optional, Tuple, TypeVar
 
 import torch
 
@@ -21,7 +21,7 @@ Tensor = torch.Tensor
 PlanTensors = Tuple[(Tensor,) * len(PLAN_FIELDS)]  # type: ignore[misc]
 
 
-def call(op, impl, *args):
+def call(op: Any, impl: Callable[..., Any], *args: Any) -> Any:
     """Runs the custom op `op` under torch.compile; in eager mode the same implementation `impl`,
     directly, or through an autograd.Function with the op's own backward when autograd has to
     record the call (the dispatcher costs far more per call than the kernels at small sizes)."""
@@ -174,11 +174,14 @@ def _layout_capacity(logits: Tensor, options: RouteOptions, compiling: bool) -> 
     return _core.route_layout(int(t), int(e), options)[0]
 
 
-def constant_result(fn):
+_F = TypeVar("_F", bound=Callable[..., Any])
+
+
+def constant_result(fn: _F) -> _F:
     """Marks `fn` as torch.compile's `assume_constant_result` does (dynamo calls it while tracing
     and uses its result as a constant), without importing torch._dynamo, which the decorator does
     and which costs seconds at import; tests/test_torch_moe.py's compiled layers check it works."""
-    fn._dynamo_marked_constant = True
+    fn._dynamo_marked_constant = True  # type: ignore[attr-defined]
     return fn
 
 

@@ -4,7 +4,7 @@ backward adds the gate's input gradient into permute's gradient with one BLAS ac
 
 from __future__ import annotations
 
-from typing import Tuple
+from typing import Any, Optional, Tuple
 
 import torch
 import torch.nn.functional as F
@@ -24,18 +24,20 @@ def gate_and_rows(tokens: Tensor, weight: Tensor) -> Tuple[Tensor, Tensor]:
     fuse = torch.is_grad_enabled() and tokens.requires_grad and tokens.is_cpu
     if not fuse or torch.compiler.is_compiling():
         return F.linear(tokens, weight), tokens
-    return _GateAndRows.apply(tokens, weight)
+    fused: Tuple[Tensor, Tensor] = _GateAndRows.apply(tokens, weight)
+    return fused
 
 
 class _GateAndRows(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, tokens: Tensor, weight: Tensor) -> Tuple[Tensor, Tensor]:
+    def forward(ctx: Any, tokens: Tensor, weight: Tensor) -> Tuple[Tensor, Tensor]:
         ctx.save_for_backward(tokens, weight)
         return F.linear(tokens, weight), tokens.view_as(tokens)
 
     @staticmethod
     @torch.autograd.function.once_differentiable
-    def backward(ctx, grad_logits, grad_rows):
+    def backward(ctx: Any, grad_logits: Optional[Tensor],
+                 grad_rows: Optional[Tensor]) -> Tuple[Optional[Tensor], Optional[Tensor]]:
         tokens, weight = ctx.saved_tensors
         need_tokens, need_weight = ctx.needs_input_grad
         grad_tokens = grad_weight = None

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import functools
 import math
-from typing import Optional, Sequence
+from typing import Callable, List, Optional, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -68,10 +68,11 @@ def _zero_tail(out: torch.Tensor, expert_offsets: torch.Tensor) -> torch.Tensor:
     return torch.cat([out[:used], out.new_zeros((out.shape[0] - used, out.shape[1]))])
 
 
-def segment_loop(rows: torch.Tensor, expert_offsets: torch.Tensor, fn, out_features: int) -> torch.Tensor:
+def segment_loop(rows: torch.Tensor, expert_offsets: torch.Tensor, fn: Callable[[int, torch.Tensor], torch.Tensor],
+                 out_features: int) -> torch.Tensor:
     """Runs fn(e, rows of segment e) for each expert and stacks the results in row order."""
     bounds = expert_offsets.tolist()
-    pieces = []
+    pieces: List[torch.Tensor] = []
     for e in range(len(bounds) - 1):
         lo, hi = bounds[e], bounds[e + 1]
         if hi > lo:
@@ -102,7 +103,7 @@ class StackedFFN(nn.Module):
             raise ArgumentError(f"activation: got {activation!r}, expected 'swiglu' or 'gelu'")
         self.activation = activation
         self.num_experts, self.hidden_size, self.ffn_size = num_experts, hidden_size, ffn_size
-        def param(*shape, fan_in):
+        def param(*shape: int, fan_in: int) -> nn.Parameter:
             bound = 1.0 / math.sqrt(fan_in)
             return nn.Parameter(torch.empty(*shape, dtype=dtype).uniform_(-bound, bound))
         if activation == "swiglu":
@@ -134,7 +135,8 @@ class StackedFFN(nn.Module):
         """Expert e alone on some rows (the plain reference of what forward computes)."""
         up = rows @ self.w_up[e]
         hidden = F.silu(rows @ self.w_gate[e]) * up if self.activation == "swiglu" else F.gelu(up)
-        return hidden @ self.w_down[e]
+        out: torch.Tensor = hidden @ self.w_down[e]
+        return out
 
 
 class ModuleExperts(nn.Module):
@@ -148,4 +150,5 @@ class ModuleExperts(nn.Module):
         return segment_loop(xp, expert_offsets, lambda e, seg: self.experts[e](seg), xp.shape[1])
 
     def expert(self, e: int, rows: torch.Tensor) -> torch.Tensor:
-        return self.experts[e](rows)
+        out: torch.Tensor = self.experts[e](rows)
+        return out

@@ -4,7 +4,7 @@ top-k load estimate in torch ops."""
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Union
 
 import torch
 
@@ -14,6 +14,8 @@ from ..errors import ShapeError
 from ..plan import RoutingPlan
 
 Tensor = torch.Tensor
+# The plans of this front: tensors.
+TensorPlan = RoutingPlan[Tensor]
 
 
 class _Torch:
@@ -60,11 +62,12 @@ class _Torch:
 _OPS = _Torch()
 
 
-def load_balancing_loss(plan: RoutingPlan) -> Tensor:
+def load_balancing_loss(plan: TensorPlan) -> Tensor:
     """Switch Transformer's loss (see moeroute.losses.load_balancing_loss), a 0-d tensor
     differentiable through plan.probs."""
     probs = plan.probs
-    return formulas.load_balancing(_OPS, plan.assigned_per_expert.to(probs.dtype), probs, plan.num_slots)
+    loss: Tensor = formulas.load_balancing(_OPS, plan.assigned_per_expert.to(probs.dtype), probs, plan.num_slots)
+    return loss
 
 
 def z_loss(logits: Tensor) -> Tensor:
@@ -72,15 +75,17 @@ def z_loss(logits: Tensor) -> Tensor:
     for float64 logits)."""
     if logits.dim() != 2:
         raise ShapeError(f"logits: got shape {list(logits.shape)}, expected a 2-D tensor")
-    return formulas.z_loss(_OPS, logits if logits.dtype == torch.float64 else logits.float())
+    loss: Tensor = formulas.z_loss(_OPS, logits if logits.dtype == torch.float64 else logits.float())
+    return loss
 
 
-def importance_loss(plan: RoutingPlan) -> Tensor:
+def importance_loss(plan: TensorPlan) -> Tensor:
     """Shazeer et al. 2017: CV^2 of each expert's importance, the sum of its gate weights."""
-    return formulas.importance(_OPS, plan.expert_ids, plan.weights, plan.num_experts)
+    loss: Tensor = formulas.importance(_OPS, plan.expert_ids, plan.weights, plan.num_experts)
+    return loss
 
 
-def noisy_load_probs(clean_logits: Tensor, noise_std: Any, noisy_logits: Tensor, k: int) -> Tensor:
+def noisy_load_probs(clean_logits: Tensor, noise_std: Union[float, Tensor], noisy_logits: Tensor, k: int) -> Tensor:
     """Shazeer's smooth estimate of P(expert e is in token t's top k under fresh noise), as in
     moeroute.losses.noisy_load_probs, differentiable."""
     clean, noisy = clean_logits, noisy_logits
@@ -93,12 +98,14 @@ def noisy_load_probs(clean_logits: Tensor, noise_std: Any, noisy_logits: Tensor,
     kth = top[:, k - 1:k]
     nxt = top[:, k:k + 1] if k < e else torch.full_like(kth, float("-inf"))
     threshold = torch.where(noisy >= kth, nxt, kth)
-    return torch.special.ndtr((clean - threshold) / noise_std)
+    probs: Tensor = torch.special.ndtr((clean - threshold) / noise_std)
+    return probs
 
 
-def noisy_load_loss(clean_logits: Tensor, noise_std: Any, noisy_logits: Tensor, k: int) -> Tensor:
+def noisy_load_loss(clean_logits: Tensor, noise_std: Union[float, Tensor], noisy_logits: Tensor, k: int) -> Tensor:
     """Shazeer et al. 2017's load loss: CV^2 over experts of sum_t noisy_load_probs[t, e]."""
-    return formulas.noisy_load(_OPS, noisy_load_probs(clean_logits, noise_std, noisy_logits, k))
+    loss: Tensor = formulas.noisy_load(_OPS, noisy_load_probs(clean_logits, noise_std, noisy_logits, k))
+    return loss
 
 
 __all__ = ["load_balancing_loss", "z_loss", "importance_loss", "noisy_load_probs", "noisy_load_loss"]

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Dict, Optional, Sequence
+from typing import Dict, Optional, Sequence, Tuple
 
 import torch
 import torch.nn.functional as F
@@ -15,6 +15,7 @@ from torch import nn
 from .._checks import check_top_k, choice, integer, optional_integer, real
 from ..errors import ArgumentError, DTypeError, ShapeError
 from ..options import RouteOptions
+from ..plan import RoutingPlan
 from .. import _core
 from . import _custom_ops
 from . import losses as _losses
@@ -69,6 +70,8 @@ class MoE(nn.Module):
         >>> layer(torch.randn(2, 5, 16)).shape
         torch.Size([2, 5, 16])
     """
+
+    expert_bias: torch.Tensor  # (a buffer, registered in __init__)
 
     def __init__(
         self,
@@ -152,10 +155,12 @@ class MoE(nn.Module):
         bfloat16 matmuls are tens of times slower)."""
         compute = matmul_dtype(tokens.dtype, tokens.device)
         if compute == tokens.dtype:
-            return self.router(tokens)
+            logits: torch.Tensor = self.router(tokens)
+            return logits
         return F.linear(tokens.to(compute), self.router.weight.to(compute))
 
-    def router_logits(self, tokens: torch.Tensor):
+    def router_logits(
+            self, tokens: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor, Optional[torch.Tensor], torch.Tensor]:
         """(logits used for routing, clean logits, noise std or None, the tokens for permute)."""
         router_in = tokens
         if self.training and self.jitter > 0:
@@ -223,7 +228,7 @@ class MoE(nn.Module):
         uses = row_uses(tokens.dtype, tokens.device) if row_uses is not None else 1
         xp, *more_uses = _custom_ops.permute_shared(rows, plan.src, plan.dest, uses)
         yp = self.experts(xp, plan.expert_offsets, *more_uses)
-        y = _custom_ops.combine(yp, plan.dest, plan.src, plan.weights)
+        y: torch.Tensor = _custom_ops.combine(yp, plan.dest, plan.src, plan.weights)
         self._record(plan, clean, logits, noise_std)
         return y.reshape(shape)
 
@@ -257,7 +262,7 @@ class MoE(nn.Module):
         state["losses"] = {name: value.detach() for name, value in self.losses.items()}
         return state
 
-    def plan(self, logits: torch.Tensor):
+    def plan(self, logits: torch.Tensor) -> RoutingPlan[torch.Tensor]:
         """The RoutingPlan of these router logits (float32 routing for half-precision logits)."""
         if logits.dtype in (torch.float16, torch.bfloat16):
             logits = logits.float()
@@ -268,7 +273,8 @@ class MoE(nn.Module):
             o = o.with_bias(self.expert_bias)
         return route_with_options(logits, o)
 
-    def _record(self, plan, clean: torch.Tensor, logits: torch.Tensor, noise_std: Optional[torch.Tensor]) -> None:
+    def _record(self, plan: RoutingPlan[torch.Tensor], clean: torch.Tensor, logits: torch.Tensor,
+                noise_std: Optional[torch.Tensor]) -> None:
         terms: Dict[str, torch.Tensor] = {}
         c = self.coefficients
         if c["load_balancing"]:

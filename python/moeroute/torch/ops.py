@@ -4,7 +4,7 @@ tensors. `moeroute.route` etc. come here for tensors; this front never imports t
 
 from __future__ import annotations
 
-from typing import Any, Optional, Tuple
+from typing import Any, Optional, Tuple, Union
 
 import torch
 
@@ -17,11 +17,13 @@ from . import _custom_ops as ops
 from ._convert import check_activation, check_same_device
 
 Tensor = torch.Tensor
+# The plans of this front: tensors.
+TensorPlan = RoutingPlan[Tensor]
 # Combine weights given explicitly: float32 or float64 (cast to the accumulation dtype), as in NumPy.
 _WEIGHT_DTYPES = (torch.float32, torch.float64)
 
 
-def route_with_options(logits: Tensor, options: RouteOptions) -> RoutingPlan:
+def route_with_options(logits: Tensor, options: RouteOptions) -> TensorPlan:
     """`route` with its options built once (see moeroute.RouteOptions)."""
     check_activation(logits, "logits")
     options.check_experts(logits.shape[1], logits.dtype == torch.float64)
@@ -38,12 +40,13 @@ def route_with_options(logits: Tensor, options: RouteOptions) -> RoutingPlan:
 route = route_function(route_with_options, __name__)
 
 
-def expert_choice(logits: Tensor, *, capacity_factor: float = 1.0, capacity: Optional[int] = None) -> RoutingPlan:
+def expert_choice(logits: Tensor, *, capacity_factor: float = 1.0, capacity: Optional[int] = None) -> TensorPlan:
     """moeroute.expert_choice for tensor logits (the plan holds tensors on the logits' device)."""
     capacity = optional_integer(capacity, "capacity", 0)
     capacity_factor = real(capacity_factor, "capacity_factor")
     check_activation(logits, "logits")
-    outputs = ops.call(ops.expert_choice, ops.expert_choice_impl, logits, capacity, capacity_factor)
+    outputs: Tuple[Tensor, ...] = ops.call(ops.expert_choice, ops.expert_choice_impl, logits, capacity,
+                                           capacity_factor)
     t, e = logits.shape
     return RoutingPlan._of(outputs, _expert_choice_capacity(int(t), int(e), capacity, capacity_factor),
                            "softmax", "none", 1.0)
@@ -56,16 +59,17 @@ def _expert_choice_capacity(num_tokens: int, num_experts: int, capacity: Optiona
     return _core.expert_choice_layout(num_tokens, num_experts, capacity, capacity_factor)[0]
 
 
-def permute(x: Tensor, plan: RoutingPlan) -> Tensor:
+def permute(x: Tensor, plan: TensorPlan) -> Tensor:
     """moeroute.permute for tensors: xp[r] = x[plan.src[r]], padding rows 0."""
     plan = expect_plan(plan, tensors=True)
     check_activation(x, "x")
     check_same_device(x, "x", plan.src, "plan")
     expect_rows("x", x.shape, plan.num_tokens, "T = plan.num_tokens")
-    return ops.call(ops.permute, ops.permute_impl, x, plan.src, plan.dest)
+    xp: Tensor = ops.call(ops.permute, ops.permute_impl, x, plan.src, plan.dest)
+    return xp
 
 
-def permute_shared(x: Tensor, plan: RoutingPlan, uses: int) -> Tuple[Tensor, ...]:
+def permute_shared(x: Tensor, plan: TensorPlan, uses: int) -> Tuple[Tensor, ...]:
     """permute(x, plan) once, as `uses` tensors, one per use of the rows (e.g. an expert's gate and
     up projections): on CPU with autograd, the first and views of it, whose gradients permute's
     backward sums while it gathers (instead of autograd adding the [R, H] gradients in a pass of
@@ -77,7 +81,7 @@ def permute_shared(x: Tensor, plan: RoutingPlan, uses: int) -> Tuple[Tensor, ...
     return ops.permute_shared(x, plan.src, plan.dest, uses)
 
 
-def _weights(weights: Any, plan: RoutingPlan) -> Tensor:
+def _weights(weights: Optional[Tensor], plan: TensorPlan) -> Tensor:
     """The combine weights: the plan's own, or checked (T, S) weights on the plan's device."""
     if weights is None:
         return plan.weights
@@ -90,25 +94,27 @@ def _weights(weights: Any, plan: RoutingPlan) -> Tensor:
     return weights
 
 
-def combine(yp: Tensor, plan: RoutingPlan, weights: Optional[Tensor] = None) -> Tensor:
+def combine(yp: Tensor, plan: TensorPlan, weights: Optional[Tensor] = None) -> Tensor:
     """moeroute.combine for tensors: y[t] = sum over kept slots of w[t,s] * yp[dest[t,s]]."""
     plan = expect_plan(plan, tensors=True)
     check_activation(yp, "yp")
     check_same_device(yp, "yp", plan.dest, "plan")
     expect_rows("yp", yp.shape, plan.num_rows, "R = plan.num_rows")
-    return ops.call(ops.combine, ops.combine_impl, yp, plan.dest, plan.src, _weights(weights, plan))
+    y: Tensor = ops.call(ops.combine, ops.combine_impl, yp, plan.dest, plan.src, _weights(weights, plan))
+    return y
 
 
-def permute_backward(grad_xp: Tensor, plan: RoutingPlan) -> Tensor:
+def permute_backward(grad_xp: Tensor, plan: TensorPlan) -> Tensor:
     """moeroute.permute_backward for tensors: grad_x[t] = sum over kept slots of grad_xp[dest[t,s]]."""
     plan = expect_plan(plan, tensors=True)
     check_activation(grad_xp, "grad_xp")
     check_same_device(grad_xp, "grad_xp", plan.dest, "plan")
     expect_rows("grad_xp", grad_xp.shape, plan.num_rows, "R = plan.num_rows")
-    return ops.call(ops.permute_backward, ops.permute_backward_impl, grad_xp, plan.dest)
+    grad_x: Tensor = ops.call(ops.permute_backward, ops.permute_backward_impl, grad_xp, plan.dest)
+    return grad_x
 
 
-def combine_backward(grad_y: Tensor, yp: Tensor, plan: RoutingPlan,
+def combine_backward(grad_y: Tensor, yp: Tensor, plan: TensorPlan,
                      weights: Optional[Tensor] = None) -> Tuple[Tensor, Tensor]:
     """moeroute.combine_backward for tensors: (grad_yp, grad_weights)."""
     plan = expect_plan(plan, tensors=True)
@@ -121,10 +127,12 @@ def combine_backward(grad_y: Tensor, yp: Tensor, plan: RoutingPlan,
     if grad_y.dtype != yp.dtype:
         raise DTypeError(f"grad_y: got dtype {grad_y.dtype}, expected the dtype of yp ({yp.dtype})")
     w = _weights(weights, plan)
-    return ops.call(ops.combine_backward, ops.combine_backward_impl, grad_y, yp, plan.dest, plan.src, w.detach())
+    grads: Tuple[Tensor, Tensor] = ops.call(ops.combine_backward, ops.combine_backward_impl, grad_y, yp, plan.dest,
+                                            plan.src, w.detach())
+    return grads
 
 
-def route_backward(grad_weights: Tensor, plan: RoutingPlan, logits: Tensor) -> Tensor:
+def route_backward(grad_weights: Tensor, plan: TensorPlan, logits: Tensor) -> Tensor:
     """moeroute.route_backward for tensors: the gradient of the plan's weights w.r.t. the logits."""
     plan = expect_plan(plan, tensors=True)
     check_activation(logits, "logits")
@@ -132,12 +140,12 @@ def route_backward(grad_weights: Tensor, plan: RoutingPlan, logits: Tensor) -> T
     if not isinstance(grad_weights, Tensor) or not grad_weights.dtype.is_floating_point:
         raise DTypeError(f"grad_weights: got {getattr(grad_weights, 'dtype', type(grad_weights).__name__)}, "
                          f"expected a float tensor")
-    grad = ops.call(ops.route_backward, ops.route_backward_impl, grad_weights, None, plan.probs.detach(),
+    grad: Tensor = ops.call(ops.route_backward, ops.route_backward_impl, grad_weights, None, plan.probs.detach(),
                     plan.expert_ids, plan.dest, plan.score, plan.normalize, plan.scale)
     return grad.to(logits.dtype)
 
 
-def plan_as_tensors(plan: RoutingPlan, device: Any = "cpu") -> RoutingPlan:
+def plan_as_tensors(plan: RoutingPlan[Any], device: Union[str, torch.device, int] = "cpu") -> TensorPlan:
     """The same plan with its arrays as tensors on `device` (copies; a tensor plan is moved)."""
     arrays = [_tensor(getattr(plan, name)).to(device) for name in FIELD_NAMES]
     return RoutingPlan._of(arrays, plan.capacity, plan.score, plan.normalize, plan.scale)

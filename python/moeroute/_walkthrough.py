@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import argparse
 import time
-from typing import Callable, Dict, Tuple, TypeVar
+from typing import Callable, Dict, List, Optional, Tuple, TypeVar
 
 import numpy as np
 
@@ -52,7 +52,7 @@ def numpy_route(logits: np.ndarray, k: int, capacity: int) -> Tuple[np.ndarray, 
     return ids, np.where(kept, weights, 0.0), dest
 
 
-def main(argv=None) -> int:
+def main(argv: Optional[List[str]] = None) -> int:
     parser = argparse.ArgumentParser(
         prog="python -m moeroute", description=__doc__,
         epilog="python -m moeroute demo [--help]: train a small MoE classifier on the digits dataset with "
@@ -81,7 +81,7 @@ def main(argv=None) -> int:
 
     def experts() -> np.ndarray:
         # A stand-in expert per segment: expert e multiplies its rows by 1 + e/E.
-        yp = np.empty_like(xp)
+        yp: np.ndarray = np.empty_like(xp)
         for expert in range(e):
             lo, hi = plan.expert_offsets[expert], plan.expert_offsets[expert + 1]
             yp[lo:hi] = xp[lo:hi] * expert_scale[expert]
@@ -103,6 +103,7 @@ def main(argv=None) -> int:
     for name, seconds in stages.items():
         print(f"  {name:<16} {seconds * 1e3:8.2f} ms")
 
+    assert plan.capacity is not None  # (routed with a capacity factor)
     ids, weights, dest = numpy_route(logits, k, plan.capacity)
     picks_ok = np.array_equal(ids, plan.expert_ids) and np.array_equal(dest, plan.dest)
     weights_ok = np.allclose(weights, plan.weights, rtol=1e-5, atol=1e-6)

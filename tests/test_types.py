@@ -76,6 +76,7 @@ assert_type(moeroute.losses.noisy_load_loss(t, 1.0, t, 2), torch.Tensor)
 assert_type(moeroute.torch.route(t, 2), RoutingPlan[torch.Tensor])
 assert_type(moeroute.torch.plan_as_tensors(plan), RoutingPlan[torch.Tensor])
 assert_type(moeroute.torch.MoE(8, 4).plan(t), RoutingPlan[torch.Tensor])
+assert_type(moeroute.torch.MoE(8, 4)(t), torch.Tensor)
 
 moeroute.permute(a, tplan)  # E: a NumPy array with a tensor plan
 moeroute.numpy.route(t, 2)  # E: a tensor to the NumPy front

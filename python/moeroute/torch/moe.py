@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Dict, Optional, Sequence, Tuple
+from typing import TYPE_CHECKING, Dict, Optional, Sequence, Tuple
 
 import torch
 import torch.nn.functional as F
@@ -72,6 +72,9 @@ class MoE(nn.Module):
     """
 
     expert_bias: torch.Tensor  # (a buffer, registered in __init__)
+
+    if TYPE_CHECKING:  # (nn.Module types a call as returning Any: a layer's call is its forward)
+        def __call__(self, x: torch.Tensor) -> torch.Tensor: ...
 
     def __init__(
         self,

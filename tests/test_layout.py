@@ -11,12 +11,24 @@ import pytest
 PACKAGE = pathlib.Path(__file__).resolve().parents[1] / "python" / "moeroute"
 
 
+def _type_checking_only(tree):
+    """The statements under `if TYPE_CHECKING:` (imports for type annotations, never run)."""
+    return {id(inner) for node in ast.walk(tree)
+            if isinstance(node, ast.If) and isinstance(node.test, ast.Name) and node.test.id == "TYPE_CHECKING"
+            for statement in node.body for inner in ast.walk(statement)}
+
+
 def imported_modules(path):
-    """The absolute names of the modules a file of the package imports."""
+    """The absolute names of the modules a file of the package imports when it runs (imports under
+    `if TYPE_CHECKING:`, for type checkers only, do not count)."""
     parts = list(path.relative_to(PACKAGE.parent).with_suffix("").parts)
     package = parts[:-1] if parts[-1] != "__init__" else parts[:-1]
     names = set()
-    for node in ast.walk(ast.parse(path.read_text())):
+    tree = ast.parse(path.read_text())
+    skipped = _type_checking_only(tree)
+    for node in ast.walk(tree):
+        if id(node) in skipped:
+            continue
         if isinstance(node, ast.Import):
             names.update(alias.name for alias in node.names)
         elif isinstance(node, ast.ImportFrom):

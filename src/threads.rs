@@ -1,20 +1,40 @@
 //! The rayon thread pool every kernel runs in: sized by `set_num_threads`, RAYON_NUM_THREADS or the
 //! CPU count. Kernels split work into fixed-size chunks, so results never depend on the thread count.
+//! A long kernel's calling thread polls (e.g. for Ctrl-C) while it runs; once the poll says stop,
+//! tasks not yet started are skipped and the kernel unwinds with `Cancelled`.
 
 use std::cell::Cell;
-use std::sync::atomic::{AtomicU32, Ordering};
-use std::sync::{Arc, RwLock};
+use std::ptr::NonNull;
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
+use std::sync::{Arc, Condvar, Mutex, PoisonError, RwLock};
+use std::time::{Duration, Instant};
 
 use crate::error::{Error, Result};
 
 static POOL: RwLock<Option<Arc<rayon::ThreadPool>>> = RwLock::new(None);
 
+/// The most threads `set_num_threads` accepts on a machine with fewer CPUs (see `max_threads`):
+/// more than the kernels can use on all but the largest servers (which may go up to their CPU
+/// count), few enough that starting them takes well under a second (10^6 took minutes).
+pub const MAX_THREADS: usize = 512;
+
+fn cpu_count() -> usize {
+    std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1)
+}
+
+/// The most threads kernels may run on: MAX_THREADS, or the CPU count where that is larger.
+pub fn max_threads() -> usize {
+    MAX_THREADS.max(cpu_count())
+}
+
+/// RAYON_NUM_THREADS (at most `max_threads()`), else the CPU count.
 fn default_num_threads() -> usize {
     std::env::var("RAYON_NUM_THREADS")
         .ok()
         .and_then(|v| v.trim().parse::<usize>().ok())
         .filter(|&n| n > 0)
-        .unwrap_or_else(|| std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1))
+        .map(|n| n.min(max_threads()))
+        .unwrap_or_else(cpu_count)
 }
 
 fn build_pool(num_threads: usize) -> Result<Arc<rayon::ThreadPool>> {
@@ -67,24 +87,171 @@ thread_local! {
     static INLINE: Cell<bool> = const { Cell::new(false) };
 }
 
-/// Resets INLINE when the inline run ends, panics included.
-struct InlineGuard;
+/// Sets INLINE for an inline run, and restores it when the run ends, panics included.
+struct InlineGuard(bool);
+impl InlineGuard {
+    fn enter() -> Self {
+        InlineGuard(INLINE.replace(true))
+    }
+}
 impl Drop for InlineGuard {
     fn drop(&mut self) {
-        INLINE.with(|i| i.set(false));
+        INLINE.set(self.0);
     }
+}
+
+/// How often the calling thread of a kernel of more than POLL_WORK elements calls its `poll`.
+pub const POLL_INTERVAL: Duration = Duration::from_millis(50);
+
+/// Elements of work above which a kernel is polled (see `install`). Below it a kernel takes at
+/// most tens of milliseconds (the slowest, expert choice, about 30 ns per element), and runs
+/// exactly as it would unpolled: no timed wait, no clock reads.
+pub const POLL_WORK: usize = 1 << 20;
+
+/// The payload a kernel unwinds with when its poll said stop (see `install`). It is raised with
+/// `resume_unwind`, so no panic hook sees it; the caller of `install` catches it.
+#[derive(Debug)]
+pub struct Cancelled;
+
+/// A kernel call, as seen by the thread that runs the kernel.
+struct Call<'a> {
+    /// Set once the poll says stop: tasks not yet started are skipped.
+    cancel: &'a AtomicBool,
+    /// On the calling thread when it runs the kernel itself (team and inline runs): the poll,
+    /// called between tasks once it is due.
+    poll: Option<&'a dyn Fn() -> bool>,
+    next_poll: Cell<Instant>,
+}
+
+impl Call<'_> {
+    fn poll_if_due(&self) {
+        let Some(poll) = self.poll else { return };
+        if self.cancel.load(Ordering::Relaxed) || Instant::now() < self.next_poll.get() {
+            return;
+        }
+        if poll() {
+            self.cancel.store(true, Ordering::Relaxed);
+        }
+        self.next_poll.set(Instant::now() + POLL_INTERVAL);
+    }
+}
+
+thread_local! {
+    /// The call whose kernel this thread runs (None on other threads, and inside a task).
+    static CALL: Cell<Option<NonNull<Call<'static>>>> = const { Cell::new(None) };
+}
+
+/// Makes `call` this thread's current call until dropped, then restores the previous one.
+struct CallGuard(Option<NonNull<Call<'static>>>);
+impl CallGuard {
+    fn enter(call: Option<&Call<'_>>) -> Self {
+        // The lifetime is erased for the thread-local; `current_call` gives it back only while
+        // this guard, which borrows the call, lives.
+        CallGuard(CALL.replace(call.map(|c| NonNull::from(c).cast::<Call<'static>>())))
+    }
+}
+impl Drop for CallGuard {
+    fn drop(&mut self) {
+        CALL.set(self.0);
+    }
+}
+
+/// This thread's current call. Used only inside a kernel (the caller's borrow ends before the
+/// kernel returns).
+fn current_call<'x>() -> Option<&'x Call<'x>> {
+    // SAFETY: CALL holds a pointer only while the CallGuard that set it lives on this thread, and
+    // that guard borrows the Call; callers (the kernel's `for_each_task` and its tasks) run
+    // inside the kernel, so within the guard's life, and do not keep the reference past it.
+    CALL.get().map(|p| unsafe { p.as_ref() })
+}
+
+/// Unwinds with `Cancelled` (see `install`).
+fn cancelled() -> ! {
+    std::panic::resume_unwind(Box::new(Cancelled))
+}
+
+/// Runs `f` on this thread as a call whose `poll` runs here between tasks.
+fn run_here_polled<R>(poll: &dyn Fn() -> bool, f: impl FnOnce() -> R) -> R {
+    let cancel = AtomicBool::new(false);
+    let call = Call { cancel: &cancel, poll: Some(poll), next_poll: Cell::new(Instant::now() + POLL_INTERVAL) };
+    let _call = CallGuard::enter(Some(&call));
+    f()
+}
+
+/// Whether a kernel run in the pool has returned (or unwound).
+#[derive(Default)]
+struct Done {
+    done: Mutex<bool>,
+    changed: Condvar,
+}
+
+impl Done {
+    fn set(&self) {
+        *self.done.lock().unwrap_or_else(PoisonError::into_inner) = true;
+        self.changed.notify_all();
+    }
+
+    /// Waits at most `timeout` for `set`; whether it was set.
+    fn wait(&self, timeout: Duration) -> bool {
+        let done = self.done.lock().unwrap_or_else(PoisonError::into_inner);
+        let (done, _) = self.changed.wait_timeout_while(done, timeout, |d| !*d).unwrap_or_else(PoisonError::into_inner);
+        *done
+    }
+}
+
+/// Sets a `Done` when dropped: when the kernel returns or unwinds.
+struct SetOnDrop<'a>(&'a Done);
+impl Drop for SetOnDrop<'_> {
+    fn drop(&mut self) {
+        self.0.set();
+    }
+}
+
+/// Runs `f` on a thread of `pool`; meanwhile the calling thread calls `poll` every POLL_INTERVAL
+/// until it says stop.
+fn run_in_pool<R: Send>(pool: &rayon::ThreadPool, poll: &dyn Fn() -> bool, f: impl FnOnce() -> R + Send) -> R {
+    let cancel = AtomicBool::new(false);
+    let done = Done::default();
+    let mut out = None;
+    pool.in_place_scope(|scope| {
+        let (cancel, done, out) = (&cancel, &done, &mut out);
+        scope.spawn(move |_| {
+            let _done = SetOnDrop(done);
+            let call = Call { cancel, poll: None, next_poll: Cell::new(Instant::now()) };
+            let _call = CallGuard::enter(Some(&call));
+            *out = Some(f());
+        });
+        // A panic of `f` is re-raised by the scope once the loop ends (`done` is set either way).
+        while !done.wait(POLL_INTERVAL) {
+            if !cancel.load(Ordering::Relaxed) && poll() {
+                cancel.store(true, Ordering::Relaxed);
+            }
+        }
+    });
+    out.expect("the pool ran the kernel")
 }
 
 /// Runs `f` inside moeroute's thread pool or, for `work` <= INLINE_WORK elements (and in a forked
 /// child), on the calling thread alone. Kernels split work in fixed chunks either way, so the
 /// results are the same.
-pub fn install<R: Send>(work: usize, f: impl FnOnce() -> R + Send) -> Result<R> {
+///
+/// For `work` > POLL_WORK elements, the calling thread calls `poll` about every POLL_INTERVAL
+/// while `f` runs; once it returns true, `for_each_task` starts no more tasks
+/// and, when they have stopped, unwinds out of `f` with the payload `Cancelled` (the outputs are
+/// simply dropped). `f` may also return normally when the poll said stop too late for any task
+/// to see it: the poll records why it stopped, and the caller acts on that.
+pub fn install<R: Send>(work: usize, poll: &dyn Fn() -> bool, f: impl FnOnce() -> R + Send) -> Result<R> {
     if work <= INLINE_WORK || !threads_usable() {
-        INLINE.with(|i| i.set(true));
-        let _guard = InlineGuard;
-        return Ok(f());
+        let (_inline, _no_team) = (InlineGuard::enter(), TeamGuard::enter(0));
+        return Ok(if work <= POLL_WORK { f() } else { run_here_polled(poll, f) });
     }
-    Ok(pool()?.install(f))
+    let pool = pool()?;
+    // On one of the pool's own threads (not a call from Python), waiting for a job queued behind
+    // this thread could deadlock: `install` runs `f` right here, unpolled.
+    if work <= POLL_WORK || pool.current_thread_index().is_some() {
+        return Ok(pool.install(f));
+    }
+    Ok(run_in_pool(&pool, poll, f))
 }
 
 thread_local! {
@@ -92,30 +259,62 @@ thread_local! {
     static TEAM: Cell<usize> = const { Cell::new(0) };
 }
 
-/// Resets TEAM when the team run ends, panics included.
-struct TeamGuard;
+/// Sets TEAM for a team run, and restores it when the run ends, panics included.
+struct TeamGuard(usize);
+impl TeamGuard {
+    fn enter(threads: usize) -> Self {
+        TeamGuard(TEAM.replace(threads))
+    }
+}
 impl Drop for TeamGuard {
     fn drop(&mut self) {
-        TEAM.with(|t| t.set(0));
+        TEAM.set(self.0);
     }
 }
 
 /// `install` for kernels whose parallel work goes through `for_each_task` / `for_each_chunk_mut`:
 /// when the process has an OpenMP runtime (PyTorch's), `f` runs on the calling thread and its
-/// tasks on the OpenMP team, with moeroute's thread count. The results are the same either way.
-pub fn install_tasks<R: Send>(work: usize, f: impl FnOnce() -> R + Send) -> Result<R> {
+/// tasks on the OpenMP team, with moeroute's thread count; the calling thread, one of the team,
+/// polls between its tasks (for `work` > POLL_WORK). The results are the same either way.
+pub fn install_tasks<R: Send>(work: usize, poll: &dyn Fn() -> bool, f: impl FnOnce() -> R + Send) -> Result<R> {
     if work > INLINE_WORK && threads_usable() && crate::openmp::available() {
-        let threads = num_threads()?;
-        TEAM.with(|t| t.set(threads));
-        let _guard = TeamGuard;
-        return Ok(f());
+        let _team = TeamGuard::enter(num_threads()?);
+        return Ok(if work <= POLL_WORK { f() } else { run_here_polled(poll, f) });
     }
-    install(work, f)
+    install(work, poll, f)
 }
 
 /// Runs task(i) exactly once for every i in 0..num_tasks: on the OpenMP team inside
 /// `install_tasks`, in moeroute's pool inside `install`, in order on this thread in an inline run.
+///
+/// Inside a polled call (see `install`) the calling thread polls before each of its tasks, and
+/// once the poll has said stop no task starts; when the started ones have returned, this unwinds
+/// with `Cancelled` instead of returning.
 pub fn for_each_task(num_tasks: usize, task: impl Fn(usize) + Sync + Send) {
+    let Some(call) = current_call() else {
+        return run_tasks(num_tasks, task);
+    };
+    let cancel = call.cancel;
+    if cancel.load(Ordering::Relaxed) {
+        cancelled();
+    }
+    run_tasks(num_tasks, |i| {
+        if let Some(call) = current_call() {
+            call.poll_if_due(); // polls on the calling thread only (elsewhere no poll is set)
+        }
+        if cancel.load(Ordering::Relaxed) {
+            return;
+        }
+        // A for_each_task inside the task runs plainly: only this outer one stops and unwinds.
+        let _plain = CallGuard::enter(None);
+        task(i)
+    });
+    if cancel.load(Ordering::Relaxed) {
+        cancelled();
+    }
+}
+
+fn run_tasks(num_tasks: usize, task: impl Fn(usize) + Sync + Send) {
     let team = TEAM.with(|t| t.get());
     if team > 0 && crate::openmp::run(num_tasks, team, &task) {
         return;
@@ -203,14 +402,15 @@ pub fn min_len() -> usize {
     }
 }
 
-/// Replaces the pool with one of `num_threads` threads.
+/// What `set_num_threads` accepts.
+pub fn num_threads_range() -> String {
+    format!("an integer from 1 to {} (the most threads moeroute starts)", max_threads())
+}
+
+/// Replaces the pool with one of `num_threads` threads (1 to `max_threads()`).
 pub fn set_num_threads(num_threads: usize) -> Result<()> {
-    if num_threads == 0 {
-        return Err(Error::Argument {
-            arg: "num_threads",
-            got: "0".into(),
-            expected: "an integer >= 1".into(),
-        });
+    if num_threads == 0 || num_threads > max_threads() {
+        return Err(Error::Argument { arg: "num_threads", got: num_threads.to_string(), expected: num_threads_range() });
     }
     let pool = build_pool(num_threads)?;
     *POOL.write().unwrap_or_else(|e| e.into_inner()) = Some(pool);
@@ -220,4 +420,77 @@ pub fn set_num_threads(num_threads: usize) -> Result<()> {
 /// The number of threads kernels run on.
 pub fn num_threads() -> Result<usize> {
     Ok(pool()?.current_num_threads())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::panic::{catch_unwind, AssertUnwindSafe};
+    use std::sync::atomic::AtomicUsize;
+
+    /// Runs `num_tasks` tasks of about 1 ms under `install` with `poll`; (tasks run, whether the
+    /// kernel unwound with Cancelled).
+    fn run(num_tasks: usize, poll: &dyn Fn() -> bool) -> (usize, bool) {
+        let ran = AtomicUsize::new(0);
+        let outcome = install(POLL_WORK + 1, poll, || {
+            catch_unwind(AssertUnwindSafe(|| {
+                for_each_task(num_tasks, |_| {
+                    std::thread::sleep(Duration::from_millis(1));
+                    ran.fetch_add(1, Ordering::Relaxed);
+                })
+            }))
+        })
+        .unwrap();
+        let cancelled = match outcome {
+            Ok(()) => false,
+            Err(payload) => {
+                assert!(payload.is::<Cancelled>(), "a panic other than Cancelled");
+                true
+            }
+        };
+        (ran.into_inner(), cancelled)
+    }
+
+    #[test]
+    fn a_poll_that_says_stop_stops_the_tasks_and_unwinds() {
+        let polls = AtomicUsize::new(0);
+        let start = Instant::now();
+        let (ran, cancelled) = run(100_000, &|| polls.fetch_add(1, Ordering::Relaxed) >= 1);
+        assert!(cancelled);
+        assert!(ran < 100_000 && polls.load(Ordering::Relaxed) == 2, "{ran} tasks, {polls:?} polls");
+        assert!(start.elapsed() < Duration::from_secs(5), "{:?}", start.elapsed());
+    }
+
+    #[test]
+    fn a_poll_that_never_says_stop_runs_every_task() {
+        let polls = AtomicUsize::new(0);
+        let (ran, cancelled) = run(300, &|| {
+            polls.fetch_add(1, Ordering::Relaxed);
+            false
+        });
+        assert!(!cancelled && ran == 300);
+    }
+
+    #[test]
+    fn small_kernels_are_not_polled() {
+        let polled = AtomicBool::new(false);
+        let ran = AtomicUsize::new(0);
+        install(POLL_WORK, &|| polled.swap(true, Ordering::Relaxed), || {
+            for_each_task(100, |_| {
+                std::thread::sleep(Duration::from_millis(1));
+                ran.fetch_add(1, Ordering::Relaxed);
+            })
+        })
+        .unwrap();
+        assert!(!polled.into_inner() && ran.into_inner() == 100);
+    }
+
+    #[test]
+    fn thread_counts_beyond_the_limit_are_refused() {
+        for bad in [0, max_threads() + 1, 1_000_000, usize::MAX] {
+            let err = set_num_threads(bad).unwrap_err();
+            assert!(err.to_string().contains(&format!("got {bad}, expected an integer from 1 to {}", max_threads())), "{err}");
+        }
+        assert!(max_threads() >= MAX_THREADS);
+    }
 }

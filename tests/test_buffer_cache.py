@@ -1,6 +1,7 @@
 """The output buffer cache: outputs are reused after they die, bounded by the limit, and correct."""
 
 import numpy as np
+import pytest
 
 import moeroute
 
@@ -34,6 +35,21 @@ def test_limit_bounds_and_clears_the_cache():
     del out
     assert moeroute.buffer_cache_info()[0] == 0
     moeroute.set_buffer_cache_limit(1 << 30)
+
+
+def test_bad_limit_is_an_argument_error_and_keeps_the_limit():
+    limit = moeroute.buffer_cache_info()[1]
+    for bad in (-1, 2**63, 10**30):
+        with pytest.raises(moeroute.ArgumentError,
+                           match=rf"limit_bytes: got {bad}, expected an integer from 0 to {2**63 - 1}"):
+            moeroute.set_buffer_cache_limit(bad)
+    with pytest.raises(moeroute.DTypeError, match="limit_bytes: got float"):
+        moeroute.set_buffer_cache_limit(1.0)
+    assert moeroute.buffer_cache_info()[1] == limit
+    moeroute.set_buffer_cache_limit(limit_bytes=2**63 - 1)
+    assert moeroute.buffer_cache_info()[1] == 2**63 - 1
+    moeroute.set_buffer_cache_limit(limit)
+    assert moeroute.buffer_cache_info()[1] == limit
 
 
 def test_outputs_are_writable_contiguous_and_outlive_their_plan():

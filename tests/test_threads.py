@@ -1,8 +1,10 @@
 """set_num_threads / get_num_threads, and results bit-identical for any thread count."""
 
 import os
+import re
 import subprocess
 import sys
+import time
 
 import ml_dtypes
 import numpy as np
@@ -31,6 +33,27 @@ def test_bad_thread_count(restore_threads):
         moeroute.set_num_threads(0)
     with pytest.raises(TypeError):
         moeroute.set_num_threads(1.5)
+
+
+def test_thread_count_out_of_range_is_refused_promptly(restore_threads):
+    moeroute.set_num_threads(2)
+    for bad in (10**6, 2**64, 10**30, -1, -(2**70)):
+        start = time.perf_counter()
+        with pytest.raises(moeroute.ArgumentError, match=r"num_threads: got -?\d+, expected an integer from 1 to \d+") as caught:
+            moeroute.set_num_threads(bad)
+        assert time.perf_counter() - start < 0.5
+        assert str(bad) in str(caught.value)
+        assert moeroute.get_num_threads() == 2  # unchanged
+    limit = int(re.search(r"from 1 to (\d+)", str(caught.value)).group(1))
+    assert limit >= 512
+    with pytest.raises(moeroute.ArgumentError, match=f"got {limit + 1},"):
+        moeroute.set_num_threads(limit + 1)
+    with pytest.raises(moeroute.DTypeError, match="num_threads: got float"):
+        moeroute.set_num_threads(2.0)
+    moeroute.set_num_threads(np.int64(3))
+    assert moeroute.get_num_threads() == 3
+    moeroute.set_num_threads(num_threads=1)
+    assert moeroute.get_num_threads() == 1
 
 
 def test_default_from_environment():

@@ -169,6 +169,25 @@ def test_hand_built_plan_with_expert_id_out_of_range():
         RoutingPlan.from_dict(d)
 
 
+@pytest.mark.parametrize("normalize", ["none", "topk", "kept"])
+def test_route_backward_skips_a_row_without_an_expert(normalize):
+    # An unvalidated plan (e.g. one whose arrays were written after routing) with a row for an
+    # unused slot: the slot is not kept, as if its row were -1 (the CUDA kernel's reading), instead
+    # of an internal error ("kept" normalization looked up expert -1).
+    plan = moeroute.route(LOGITS, 2, normalize=normalize)
+    names = moeroute.plan.FIELD_NAMES
+
+    def with_slot(expert, row):
+        arrays = [np.array(getattr(plan, name)) for name in names]
+        arrays[names.index("expert_ids")][0, 1] = expert
+        arrays[names.index("dest")][0, 1] = row
+        return RoutingPlan._of(arrays, plan.capacity, plan.score, plan.normalize, plan.scale)
+
+    grad_w = np.random.default_rng(1).normal(size=(5, 2)).astype(np.float32)
+    got = moeroute.route_backward(grad_w, with_slot(-1, plan.dest[0, 1]), LOGITS)
+    np.testing.assert_array_equal(got, moeroute.route_backward(grad_w, with_slot(-1, -1), LOGITS))
+
+
 def test_bad_noise_std():
     clean = np.zeros((3, 4))
     raises(ArgumentError, "noise_std", losses.noisy_load_probs, clean, 0.0, clean, 1)

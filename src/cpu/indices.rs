@@ -1,6 +1,75 @@
-//! Range checks of a plan's index arrays, run by every kernel before it indexes with them.
+//! Range checks of a plan's index arrays, run by every kernel before it indexes with them, and the
+//! private copy (`snapshot`) the bindings take of arrays other threads may be writing.
+
+use std::sync::atomic::{AtomicI32, AtomicI64, AtomicU8, Ordering};
 
 use crate::error::{Error, Result};
+
+/// An index type (i32, i64) that can be read from memory another thread may be writing.
+pub trait SharedIndex: Copy {
+    /// Reads the value at `ptr` with one relaxed atomic load.
+    ///
+    /// # Safety
+    /// `ptr` must be valid for reads and aligned as `Self::aligned` requires.
+    unsafe fn load(ptr: *const Self) -> Self;
+    /// Whether `ptr` is aligned for `load`.
+    fn aligned(ptr: *const Self) -> bool;
+    /// The value of `size_of::<Self>()` bytes in native order.
+    fn from_bytes(bytes: &[u8]) -> Self;
+}
+
+macro_rules! shared_index {
+    ($t:ty, $atomic:ty) => {
+        impl SharedIndex for $t {
+            #[inline(always)]
+            unsafe fn load(ptr: *const $t) -> $t {
+                // SAFETY: the caller guarantees ptr valid and aligned for the atomic type.
+                unsafe { <$atomic>::from_ptr(ptr.cast_mut()) }.load(Ordering::Relaxed)
+            }
+            fn aligned(ptr: *const $t) -> bool {
+                (ptr as usize) % std::mem::align_of::<$atomic>() == 0
+            }
+            fn from_bytes(bytes: &[u8]) -> $t {
+                <$t>::from_ne_bytes(bytes.try_into().expect("from_bytes: one value's bytes"))
+            }
+        }
+    };
+}
+shared_index!(i32, AtomicI32);
+shared_index!(i64, AtomicI64);
+
+/// A private copy of the `len` values at `ptr`: a plan's index array in memory the caller does not
+/// own alone (a NumPy array or tensor that another Python thread may write while a kernel runs
+/// without the GIL). Each value is read exactly once, with a relaxed atomic load (bytewise where
+/// `ptr` is misaligned), so the copy is well defined however the memory changes meanwhile; the
+/// kernels check the copy and index memory with it, so no value can change between its check and
+/// its use.
+///
+/// # Safety
+/// `ptr` must be valid for reads of `len` values of `T` until the call returns (it need not be
+/// aligned).
+pub unsafe fn snapshot<T: SharedIndex>(ptr: *const T, len: usize) -> Vec<T> {
+    if len == 0 {
+        return Vec::new();
+    }
+    if T::aligned(ptr) {
+        // SAFETY: ptr..ptr + len is valid for reads (caller) and every element is aligned.
+        return (0..len).map(|i| unsafe { T::load(ptr.add(i)) }).collect();
+    }
+    let size = std::mem::size_of::<T>();
+    let bytes = ptr.cast::<u8>();
+    let mut value = vec![0u8; size];
+    (0..len)
+        .map(|i| {
+            for (b, out) in value.iter_mut().enumerate() {
+                // SAFETY: byte i * size + b lies inside the len values the caller made valid;
+                // AtomicU8 needs no alignment.
+                *out = unsafe { AtomicU8::from_ptr(bytes.add(i * size + b).cast_mut()) }.load(Ordering::Relaxed);
+            }
+            T::from_bytes(&value)
+        })
+        .collect()
+}
 
 /// Every entry of `values` ([_, slots] row-major) must be -1 or in [0, limit); the error names
 /// `arg`, the first bad entry's position and `what` a valid entry is.
@@ -82,6 +151,25 @@ pub fn check_src(src: &[i32], num_tokens: usize) -> Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn snapshot_copies_aligned_and_misaligned_values() {
+        let values: Vec<i32> = vec![3, -1, i32::MIN, i32::MAX, 0, 7];
+        // SAFETY: the vector holds the values read.
+        assert_eq!(unsafe { snapshot(values.as_ptr(), values.len()) }, values);
+        assert!(unsafe { snapshot(values.as_ptr(), 0) }.is_empty());
+        let wide: Vec<i64> = vec![-1, i64::MAX, 42];
+        assert_eq!(unsafe { snapshot(wide.as_ptr(), wide.len()) }, wide);
+        // The same values one byte into a buffer: every element misaligned.
+        let mut bytes = vec![0u8; 1 + 4 * values.len()];
+        for (i, v) in values.iter().enumerate() {
+            bytes[1 + 4 * i..5 + 4 * i].copy_from_slice(&v.to_ne_bytes());
+        }
+        let ptr = bytes[1..].as_ptr().cast::<i32>();
+        assert!(!i32::aligned(ptr));
+        // SAFETY: the buffer holds len * 4 bytes from ptr; snapshot reads them bytewise.
+        assert_eq!(unsafe { snapshot(ptr, values.len()) }, values);
+    }
 
     #[test]
     fn one_to_one_accepts_a_plan_and_rejects_each_kind_of_mismatch() {

@@ -39,6 +39,7 @@ pub fn route_backward<F: Accum>(
     if g.num_tokens == 0 || e_count == 0 {
         return Ok(());
     }
+    assert_eq!(g.dest.len(), g.expert_ids.len(), "route_backward: dest and expert_ids differ in shape");
     check_expert_ids(g.expert_ids, s_count, e_count)?;
     let scale = F::from_f64(g.scale);
     for_each_chunk_mut(grad_logits, TOKENS_PER_TASK * e_count, |task, out| {
@@ -69,12 +70,13 @@ impl<F: Accum> Body for BackwardTask<'_, F> {
             let p = &g.probs[t * e_count..(t + 1) * e_count];
             let slots = t * s_count..(t + 1) * s_count;
             let (ids, dest, gw) = (&g.expert_ids[slots.clone()], &g.dest[slots.clone()], &grad_w[slots]);
+            // A slot with a row but no expert (not in a valid plan) is not kept, as in the CUDA kernel.
+            let kept = |s: usize| ids[s] >= 0 && dest[s] >= 0;
             let in_denominator = |s: usize| match g.normalize {
                 Normalize::None => false,
                 Normalize::TopK => ids[s] >= 0,
-                Normalize::Kept => dest[s] >= 0,
+                Normalize::Kept => kept(s),
             };
-            let kept = |s: usize| ids[s] >= 0 && dest[s] >= 0;
             let mut z = F::ZERO;
             for s in 0..s_count {
                 if in_denominator(s) {
@@ -160,6 +162,29 @@ mod tests {
             let numeric = (loss(&up) - loss(&down)) / 2e-6;
             assert!((numeric - grad[i]).abs() < 1e-6, "logit {i}: analytic {} numeric {numeric}", grad[i]);
         }
+    }
+
+    #[test]
+    fn a_slot_with_a_row_but_no_expert_is_not_kept() {
+        // Slot 1 has a row but no expert (not in a valid plan): "kept" normalization skips it,
+        // as if its row were -1, instead of looking up expert -1.
+        let grad = |dest: &[i32]| {
+            let graph = WeightsGraph {
+                num_tokens: 1,
+                num_experts: 2,
+                slots: 2,
+                expert_ids: &[0, -1],
+                dest,
+                probs: &[0.25f64, 0.75],
+                score: ScoreFunction::Softmax,
+                normalize: Normalize::Kept,
+                scale: 1.0,
+            };
+            let mut out = [0.0; 2];
+            route_backward(&graph, &[1.0, 2.0], None, &mut out).unwrap();
+            out
+        };
+        assert_eq!(grad(&[0, 1]), grad(&[0, -1]));
     }
 
     #[test]

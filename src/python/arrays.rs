@@ -3,9 +3,10 @@
 
 use half::{bf16, f16, slice::HalfBitsSliceExt};
 use numpy::ndarray::IxDyn;
-use numpy::{Element, IntoPyArray, PyArrayDyn, PyReadonlyArrayDyn, PyReadwriteArrayDyn, PyUntypedArrayMethods};
+use numpy::{Element, IntoPyArray, PyArrayDyn, PyArrayMethods, PyReadonlyArrayDyn, PyReadwriteArrayDyn, PyUntypedArrayMethods};
 use pyo3::prelude::*;
 
+use crate::cpu::indices::{snapshot, SharedIndex};
 use crate::dtype::{Activation, DType};
 use crate::error::Error;
 
@@ -119,6 +120,18 @@ pub fn slice<'a, T: Element>(array: &'a PyReadonlyArrayDyn<'_, T>, arg: &'static
     array.as_slice().map_err(|_| {
         Error::Shape { arg, got: array.shape().to_vec(), expected: "a C-contiguous array".into() }.into()
     })
+}
+
+/// A private copy of a plan's index array, read once: another Python thread may write the array
+/// while the kernel runs without the GIL, so kernels check and index memory with this copy, never
+/// with the array itself (see `cpu::indices::snapshot`).
+pub fn index_snapshot<T: Element + SharedIndex>(array: &PyReadonlyArrayDyn<'_, T>, arg: &'static str) -> PyResult<Vec<T>> {
+    if !array.is_c_contiguous() {
+        return Err(Error::Shape { arg, got: array.shape().to_vec(), expected: "a C-contiguous array".into() }.into());
+    }
+    // SAFETY: a C-contiguous array's data pointer is valid for reads of its `len` elements while
+    // `array` (which keeps the array alive) is borrowed.
+    Ok(unsafe { snapshot(array.data().cast_const(), array.len()) })
 }
 
 /// Checks an array's shape against the expected one; `None` entries match any size.

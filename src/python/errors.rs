@@ -79,11 +79,7 @@ fn kernel_result<R>(py: Python<'_>, outcome: crate::Result<std::thread::Result<c
         Ok(result) => Ok(result?),
         Err(panic) if panic.is::<Cancelled>() => Err(PyKeyboardInterrupt::new_err("moeroute kernel cancelled")),
         Err(panic) => {
-            let what = panic
-                .downcast_ref::<&str>()
-                .map(|s| s.to_string())
-                .or_else(|| panic.downcast_ref::<String>().cloned())
-                .unwrap_or_default();
+            let what = super::panics::describe(panic.as_ref());
             let cls = py.import("moeroute.errors")?.getattr("MoerouteError")?.cast_into::<PyType>()?;
             Err(PyErr::from_type(cls, format!("internal error in moeroute (please report it): {what}")))
         }

@@ -7,6 +7,7 @@ mod cuda;
 mod errors;
 mod losses;
 mod ops;
+mod panics;
 mod routing;
 
 use pyo3::exceptions::PyOverflowError;
@@ -64,6 +65,7 @@ fn uses_openmp_team() -> bool {
 fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add("__version__", env!("CARGO_PKG_VERSION"))?;
     threads::claim_process();
+    panics::install_quiet_hook();
     m.add_function(wrap_pyfunction!(set_num_threads, m)?)?;
     m.add_function(wrap_pyfunction!(get_num_threads, m)?)?;
     m.add_function(wrap_pyfunction!(uses_openmp_team, m)?)?;

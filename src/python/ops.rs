@@ -1,9 +1,11 @@
-//! Bindings of permute, combine and their backward passes.
+//! Bindings of permute, combine and their backward passes. The plan's index arrays are copied
+//! (`index_snapshot`) before the GIL is released: the kernels check and use the copies, which no
+//! other thread can change mid-call.
 
 use numpy::{PyArrayMethods, PyUntypedArrayMethods};
 use pyo3::prelude::*;
 
-use super::arrays::{expect_shape, input, output_slice, slice, with_activation, output, Stored};
+use super::arrays::{expect_shape, index_snapshot, input, output_slice, slice, with_activation, output, Stored};
 use super::errors::run_task_kernel;
 use crate::cpu;
 use crate::dtype::{Activation, DType};
@@ -17,11 +19,12 @@ fn permute<'py>(py: Python<'py>, x: &Bound<'py, PyAny>, dtype_name: &str, src: &
         expect_shape("x", x.shape(), &[None, None])?;
         expect_shape("plan.src", src.shape(), &[None])?;
         let (t, h, r) = (x.shape()[0], x.shape()[1], src.shape()[0]);
-        let (x, src) = (A::view(slice(&x, "x")?), slice(&src, "plan.src")?);
+        let src = index_snapshot(&src, "plan.src")?;
+        let x = A::view(slice(&x, "x")?);
         let out = output::<<A as Stored>::Storage>(py, &[r, h])?;
         let mut guard = out.readwrite();
         let xp = A::view_mut(output_slice(&mut guard)?);
-        run_task_kernel(py, r * h, || cpu::permute::permute(x, t, h, src, <A as Activation>::ZERO, xp))?;
+        run_task_kernel(py, r * h, || cpu::permute::permute(x, t, h, &src, <A as Activation>::ZERO, xp))?;
         drop(guard);
         Ok(out.into_any())
     })
@@ -52,11 +55,11 @@ fn gather_sum<'py>(
         }
         let weights = weights.as_ref().map(|w| slice(w, "weights")).transpose()?;
         let rows = arrays.iter().map(|a| slice(a, rows_arg).map(A::view)).collect::<PyResult<Vec<_>>>()?;
-        let dest = slice(&dest, "plan.dest")?;
+        let dest = index_snapshot(&dest, "plan.dest")?;
         let out = output::<<A as Stored>::Storage>(py, &[t, h])?;
         let mut guard = out.readwrite();
         let y = A::view_mut(output_slice(&mut guard)?);
-        run_task_kernel(py, (rows.len() * r + t) * h, || cpu::combine::combine(&rows, r, h, dest, s, weights, y))?;
+        run_task_kernel(py, (rows.len() * r + t) * h, || cpu::combine::combine(&rows, r, h, &dest, s, weights, y))?;
         drop(guard);
         Ok(out.into_any())
     })
@@ -118,7 +121,8 @@ fn combine_backward<'py>(
         expect_shape("yp", yp.shape(), &[Some(r), Some(h)])?;
         expect_shape("weights", weights.shape(), &[Some(t), Some(s)])?;
         let (grad_y, yp) = (A::view(slice(&grad_y, "grad_y")?), A::view(slice(&yp, "yp")?));
-        let (dest, src, weights) = (slice(&dest, "plan.dest")?, slice(&src, "plan.src")?, slice(&weights, "weights")?);
+        let (dest, src) = (index_snapshot(&dest, "plan.dest")?, index_snapshot(&src, "plan.src")?);
+        let weights = slice(&weights, "weights")?;
         let grad_yp_out = output::<<A as Stored>::Storage>(py, &[r, h])?;
         let grad_w_out = output::<<A as Activation>::Acc>(py, &[t, s])?;
         let mut yp_guard = grad_yp_out.readwrite();
@@ -126,7 +130,7 @@ fn combine_backward<'py>(
         let grad_yp = A::view_mut(output_slice(&mut yp_guard)?);
         let grad_w = output_slice(&mut w_guard)?;
         run_task_kernel(py, (2 * r + t) * h, || {
-            cpu::combine_backward::combine_backward(grad_y, yp, t, h, dest, src, s, weights, grad_yp, grad_w)
+            cpu::combine_backward::combine_backward(grad_y, yp, t, h, &dest, &src, s, weights, grad_yp, grad_w)
         })?;
         drop((yp_guard, w_guard));
         Ok((grad_yp_out.into_any(), grad_w_out.into_any()))

@@ -5,7 +5,7 @@ use numpy::{Element, PyArrayMethods, PyUntypedArrayMethods};
 use pyo3::prelude::*;
 use pyo3::types::PyTuple;
 
-use super::arrays::{accum_dtype, expect_shape, from_vec, input, output_slice, slice, with_accum, with_activation, output, Stored};
+use super::arrays::{accum_dtype, expect_shape, from_vec, index_snapshot, input, output_slice, slice, with_accum, with_activation, output, Stored};
 use super::errors::{run_kernel, run_task_kernel};
 use crate::cpu;
 use crate::cpu::route_backward::WeightsGraph;
@@ -177,12 +177,14 @@ fn route_backward<'py>(
         expect_shape("plan.dest", dest.shape(), &[Some(t), Some(s)])?;
         let grad_weights = input::<F>(grad_weights, "grad_weights")?;
         expect_shape("grad_weights", grad_weights.shape(), &[Some(t), Some(s)])?;
+        // Private copies: the kernel checks expert_ids and indexes with them (see index_snapshot).
+        let (expert_ids, dest) = (index_snapshot(&expert_ids, "plan.expert_ids")?, index_snapshot(&dest, "plan.dest")?);
         let graph = WeightsGraph {
             num_tokens: t,
             num_experts: e,
             slots: s,
-            expert_ids: slice(&expert_ids, "plan.expert_ids")?,
-            dest: slice(&dest, "plan.dest")?,
+            expert_ids: &expert_ids,
+            dest: &dest,
             probs: slice(&probs, "plan.probs")?,
             score,
             normalize,
@@ -231,17 +233,29 @@ fn validate_plan<'py>(
     expect_shape("plan.assigned_per_expert", assigned.shape(), &[Some(e)])?;
     let offsets = input::<i64>(expert_offsets, "plan.expert_offsets")?;
     expect_shape("plan.expert_offsets", offsets.shape(), &[Some(e + 1)])?;
+    // Private copies (see index_snapshot): the checks index with these values.
+    let num_rows = src.shape()[0];
+    let (expert_ids, dest, src) = (
+        index_snapshot(&expert_ids, "plan.expert_ids")?,
+        index_snapshot(&dest, "plan.dest")?,
+        index_snapshot(&src, "plan.src")?,
+    );
+    let (offsets, tokens_per_expert, assigned) = (
+        index_snapshot(&offsets, "plan.expert_offsets")?,
+        index_snapshot(&tokens_per_expert, "plan.tokens_per_expert")?,
+        index_snapshot(&assigned, "plan.assigned_per_expert")?,
+    );
     let arrays = PlanArrays {
         num_tokens: t,
         num_experts: e,
         slots: s,
-        num_rows: src.shape()[0],
-        expert_ids: slice(&expert_ids, "plan.expert_ids")?,
-        dest: slice(&dest, "plan.dest")?,
-        src: slice(&src, "plan.src")?,
-        expert_offsets: slice(&offsets, "plan.expert_offsets")?,
-        tokens_per_expert: slice(&tokens_per_expert, "plan.tokens_per_expert")?,
-        assigned_per_expert: slice(&assigned, "plan.assigned_per_expert")?,
+        num_rows,
+        expert_ids: &expert_ids,
+        dest: &dest,
+        src: &src,
+        expert_offsets: &offsets,
+        tokens_per_expert: &tokens_per_expert,
+        assigned_per_expert: &assigned,
         capacity,
     };
     run_kernel(py, t * s + arrays.num_rows, || validate(&arrays))

@@ -249,7 +249,12 @@ pub fn install<R: Send>(work: usize, poll: &dyn Fn() -> bool, f: impl FnOnce() -
     // On one of the pool's own threads (not a call from Python), waiting for a job queued behind
     // this thread could deadlock: `install` runs `f` right here, unpolled.
     if work <= POLL_WORK || pool.current_thread_index().is_some() {
-        return Ok(pool.install(f));
+        // No call of its own: a pool thread may run `f` while it waits inside another call's
+        // tasks (work stealing), and `f` must not see that call's cancel flag.
+        return Ok(pool.install(|| {
+            let _plain = CallGuard::enter(None);
+            f()
+        }));
     }
     Ok(run_in_pool(&pool, poll, f))
 }

@@ -135,8 +135,8 @@ pub fn output<'py, T: Element>(py: Python<'py>, shape: &[usize]) -> PyResult<Bou
     Ok(array)
 }
 
-/// Sets the most bytes of freed output buffers moeroute keeps for reuse (0 disables the cache).
-#[pyfunction]
+/// Sets the most bytes of freed output buffers moeroute keeps for reuse (0 disables the cache);
+/// the binding (python/mod.rs) checks the Python argument.
 pub fn set_buffer_cache_limit(limit_bytes: usize) {
     let evicted: Vec<Allocation> = {
         let mut pool = pool();

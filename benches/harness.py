@@ -62,12 +62,23 @@ def measure(formulations: Sequence[Formulation], repeat: int) -> dict[str, list[
     and neighbours in the list always run back to back (sample i of each is one round's).
     The caller has warmed every formulation up."""
     samples: dict[str, list[float]] = {f.name: [] for f in formulations}
+    started = last_report = time.perf_counter()
     for i in range(repeat):
         for f in formulations if i % 2 == 0 else formulations[::-1]:
             ms, result = run_once(f)
             del result
             samples[f.name].append(ms)
+        now = time.perf_counter()
+        if now - last_report >= PROGRESS_EVERY_S and i + 1 < repeat:  # long runs say how far they are
+            last_report = now
+            left = round((now - started) / (i + 1) * (repeat - i - 1))
+            print(f"  ... round {i + 1}/{repeat} of {', '.join(f.name for f in formulations)}, "
+                  f"eta {left // 60}:{left % 60:02d}", file=sys.stderr, flush=True)
     return samples
+
+
+# A measurement running longer than this reports its progress on stderr (the results stay on stdout).
+PROGRESS_EVERY_S = 10.0
 
 
 def measure_alone(f: Formulation, repeat: int) -> list[float]:

@@ -62,9 +62,7 @@ def _expert_choice_capacity(num_tokens: int, num_experts: int, capacity: Optiona
 def permute(x: Tensor, plan: TensorPlan) -> Tensor:
     """moeroute.permute for tensors: xp[r] = x[plan.src[r]], padding rows 0."""
     plan = expect_plan(plan, tensors=True)
-    check_activation(x, "x")
-    check_same_device(x, "x", plan.src, "plan")
-    expect_rows("x", x.shape, plan.num_tokens, "T = plan.num_tokens")
+    _expect_activation(x, "x", plan, plan.num_tokens, "T = plan.num_tokens")
     xp: Tensor = ops.call(ops.permute, ops.permute_impl, x, plan.src, plan.dest)
     return xp
 
@@ -75,10 +73,15 @@ def permute_shared(x: Tensor, plan: TensorPlan, uses: int) -> Tuple[Tensor, ...]
     backward sums while it gathers (instead of autograd adding the [R, H] gradients in a pass of
     its own); elsewhere the same tensor `uses` times."""
     plan = expect_plan(plan, tensors=True)
-    check_activation(x, "x")
-    check_same_device(x, "x", plan.src, "plan")
-    expect_rows("x", x.shape, plan.num_tokens, "T = plan.num_tokens")
+    _expect_activation(x, "x", plan, plan.num_tokens, "T = plan.num_tokens")
     return ops.permute_shared(x, plan.src, plan.dest, uses)
+
+
+def _expect_activation(t: Tensor, name: str, plan: TensorPlan, rows: int, what: str) -> None:
+    """A (rows, H) float activation on the plan's device (what: where `rows` comes from)."""
+    check_activation(t, name)
+    check_same_device(t, name, plan.dest, "plan")
+    expect_rows(name, t.shape, rows, what)
 
 
 def _weights(weights: Optional[Tensor], plan: TensorPlan) -> Tensor:
@@ -97,9 +100,7 @@ def _weights(weights: Optional[Tensor], plan: TensorPlan) -> Tensor:
 def combine(yp: Tensor, plan: TensorPlan, weights: Optional[Tensor] = None) -> Tensor:
     """moeroute.combine for tensors: y[t] = sum over kept slots of w[t,s] * yp[dest[t,s]]."""
     plan = expect_plan(plan, tensors=True)
-    check_activation(yp, "yp")
-    check_same_device(yp, "yp", plan.dest, "plan")
-    expect_rows("yp", yp.shape, plan.num_rows, "R = plan.num_rows")
+    _expect_activation(yp, "yp", plan, plan.num_rows, "R = plan.num_rows")
     y: Tensor = ops.call(ops.combine, ops.combine_impl, yp, plan.dest, plan.src, _weights(weights, plan))
     return y
 
@@ -107,9 +108,7 @@ def combine(yp: Tensor, plan: TensorPlan, weights: Optional[Tensor] = None) -> T
 def permute_backward(grad_xp: Tensor, plan: TensorPlan) -> Tensor:
     """moeroute.permute_backward for tensors: grad_x[t] = sum over kept slots of grad_xp[dest[t,s]]."""
     plan = expect_plan(plan, tensors=True)
-    check_activation(grad_xp, "grad_xp")
-    check_same_device(grad_xp, "grad_xp", plan.dest, "plan")
-    expect_rows("grad_xp", grad_xp.shape, plan.num_rows, "R = plan.num_rows")
+    _expect_activation(grad_xp, "grad_xp", plan, plan.num_rows, "R = plan.num_rows")
     grad_x: Tensor = ops.call(ops.permute_backward, ops.permute_backward_impl, grad_xp, plan.dest)
     return grad_x
 

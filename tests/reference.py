@@ -405,3 +405,42 @@ def noisy_load_probs(clean_logits, noise_std, noisy_logits, k):
 
 def noisy_load_loss(clean_logits, noise_std, noisy_logits, k):
     return cv_squared(noisy_load_probs(clean_logits, noise_std, noisy_logits, k).sum(axis=0))
+
+
+def plan_from_topk(expert_ids, weights, E, *, capacity=None, capacity_factor=None, min_capacity=0,
+                   capacity_multiple=1, priority="slot", pad_to=1):
+    """The plan fields (dict) of given picks: ids outside [0, E) unused; rows per expert in (t, s)
+    order (a token picking an expert twice gets two rows, in slot order); weights 0 where not kept;
+    probs[t, e] = sum of token t's given weights for e, in slot order, in the accumulation dtype."""
+    expert_ids = np.asarray(expert_ids, np.int64)
+    T, k = expert_ids.shape
+    acc = np.dtype(accumulate_dtype(np.asarray(weights).dtype))
+    w = np.asarray(weights).astype(acc)
+    ids = np.where((expert_ids >= 0) & (expert_ids < E), expert_ids, -1).astype(np.int32)
+    C = resolve_capacity(T, k, E, capacity, capacity_factor, min_capacity, capacity_multiple)
+    kept = keep_mask(ids, E, C, priority, prio_key=np.where(ids >= 0, w, 0))
+    picks = [[] for _ in range(E)]  # the kept (t, s) of each expert, in (t, s) order
+    for t in range(T):
+        for s in range(k):
+            if kept[t, s]:
+                picks[ids[t, s]].append((t, s))
+    offsets = np.zeros(E + 1, np.int64)
+    for e in range(E):
+        size = C if C is not None else -(-len(picks[e]) // pad_to) * pad_to
+        offsets[e + 1] = offsets[e] + size
+    R = E * C if C is not None else T * k + E * (pad_to - 1)
+    dest = np.full((T, k), -1, np.int32)
+    src = np.full(R, -1, np.int32)
+    for e in range(E):
+        for i, (t, s) in enumerate(picks[e]):
+            dest[t, s] = offsets[e] + i
+            src[offsets[e] + i] = t
+    probs = np.zeros((T, E), acc)
+    for t in range(T):
+        for s in range(k):
+            if ids[t, s] >= 0:
+                probs[t, ids[t, s]] += w[t, s]
+    assigned = np.array([(ids == e).sum() for e in range(E)], np.int64)
+    return dict(expert_ids=ids, weights=np.where(kept, w, 0).astype(acc), probs=probs, dest=dest, src=src,
+                expert_offsets=offsets, tokens_per_expert=np.array([len(p) for p in picks], np.int64),
+                assigned_per_expert=assigned, capacity=C)

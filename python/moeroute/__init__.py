@@ -8,15 +8,15 @@ from ._core import (__version__, buffer_cache_info, get_num_threads, set_buffer_
                     set_num_threads)
 from ._core import cuda_driver_available as cuda_available
 from ._checks import get_checks, set_checks
-from ._dispatch import (combine, combine_backward, expert_choice, permute, permute_backward, route,
-                        route_backward, route_with_options)
+from ._dispatch import (combine, combine_backward, expert_choice, permute, permute_backward, plan_from_topk,
+                        route, route_backward, route_with_options)
 from .errors import (ArgumentError, CudaError, DeviceError, DTypeError, IndexOverflowError, LogitsError,
                      MoerouteError, PlanError, ShapeError)
 from .options import RouteOptions
 from .plan import RoutingPlan
 
 __all__ = [
-    "route", "route_with_options", "RouteOptions", "expert_choice", "permute", "combine",
+    "route", "route_with_options", "RouteOptions", "expert_choice", "plan_from_topk", "permute", "combine",
     "permute_backward", "combine_backward", "route_backward",
     "RoutingPlan", "losses", "set_num_threads", "get_num_threads", "__version__",
     "set_buffer_cache_limit", "buffer_cache_info", "cuda_available", "set_checks", "get_checks",

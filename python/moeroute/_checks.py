@@ -44,6 +44,13 @@ def expect_weights_shape(shape: Sequence[int], plan_shape: Sequence[int]) -> Non
         raise ShapeError(f"weights: got shape {list(shape)}, expected {list(plan_shape)} (T, S)")
 
 
+def expect_picks_shape(weights_shape: Sequence[int], ids_shape: Sequence[int]) -> None:
+    """plan_from_topk's weights must have the shape of its expert_ids, (T, k)."""
+    if tuple(weights_shape) != tuple(ids_shape):
+        raise ShapeError(f"weights: got shape {list(weights_shape)}, expected {list(ids_shape)} (T, k: the shape of "
+                         f"expert_ids)")
+
+
 def expect_logits_shape(shape: Sequence[int], plan_shape: Sequence[int]) -> None:
     """route_backward's logits must be the plan's (T, E)."""
     if tuple(shape) != tuple(plan_shape):

@@ -44,6 +44,22 @@ class RouteOptionsLike(Protocol):
     @property
     def pad_to(self) -> int: ...
 
+class PicksOptionsLike(Protocol):
+    """plan_from_topk's layout options as the core reads them: by attribute name
+    (moeroute.options.PicksOptions)."""
+    @property
+    def capacity(self) -> Optional[int]: ...
+    @property
+    def capacity_factor(self) -> Optional[float]: ...
+    @property
+    def min_capacity(self) -> int: ...
+    @property
+    def capacity_multiple(self) -> int: ...
+    @property
+    def priority(self) -> str: ...
+    @property
+    def pad_to(self) -> int: ...
+
 # Threads and the output buffer cache.
 def set_num_threads(num_threads: int) -> None: ...
 def get_num_threads() -> int: ...
@@ -65,6 +81,10 @@ def route(logits: np.ndarray, dtype_name: str, options: RouteOptionsLike,
           bias: Optional[np.ndarray] = None) -> PlanTuple: ...  # bias: float64 [E]
 def expert_choice(logits: np.ndarray, dtype_name: str, capacity: Optional[int], capacity_factor: float) -> PlanTuple: ...
 def route_layout(num_tokens: int, num_experts: int, options: RouteOptionsLike) -> Tuple[Optional[int], int]: ...
+def plan_from_topk(expert_ids: np.ndarray, weights: np.ndarray, dtype_name: str, num_experts: int,
+                   options: PicksOptionsLike) -> PlanTuple: ...  # expert_ids: int64 [T, k]
+def plan_from_topk_layout(num_tokens: int, top_k: int, num_experts: int,
+                          options: PicksOptionsLike) -> Tuple[Optional[int], int]: ...  # (capacity, num_rows)
 def expert_choice_layout(num_tokens: int, num_experts: int, capacity: Optional[int],
                          capacity_factor: float) -> Tuple[int, int]: ...  # (capacity, num_rows)
 def route_backward(
@@ -93,6 +113,12 @@ def cuda_init(device: int) -> None: ...
 def cuda_route_workspace(dtype_name: str, num_tokens: int, num_experts: int, k: int,
                          num_groups: Optional[int]) -> int: ...  # bytes
 def cuda_expert_choice_workspace(dtype_name: str, num_tokens: int, num_experts: int) -> int: ...  # bytes
+def cuda_plan_from_topk_workspace(num_tokens: int, top_k: int, num_experts: int) -> int: ...  # bytes
+def cuda_plan_from_topk(
+    device: int, stream: int, expert_ids: int, weights: int, dtype_name: str, num_tokens: int, top_k: int,
+    num_experts: int, options: PicksOptionsLike, outputs: Tuple[int, int, int, int, int, int, int, int],
+    workspace: int, workspace_bytes: int,
+) -> None: ...  # expert_ids: int64; probs (outputs[1]) zeroed by the caller
 def cuda_route(
     device: int, stream: int, logits_ptr: int, dtype_name: str, num_tokens: int, num_experts: int,
     options: RouteOptionsLike, bias_ptr: Optional[int], outputs: Tuple[int, int, int, int, int, int, int, int],

@@ -52,6 +52,23 @@ def expert_choice(logits: ArrayT, *, capacity_factor: float = 1.0,
     return plan
 
 
+@overload
+def plan_from_topk(expert_ids: torch.Tensor, weights: torch.Tensor, num_experts: int, *,
+                   capacity: Optional[int] = None, capacity_factor: Optional[float] = None, min_capacity: int = 0,
+                   capacity_multiple: int = 1, priority: str = "slot",
+                   pad_to: int = 1) -> RoutingPlan[torch.Tensor]: ...
+@overload
+def plan_from_topk(expert_ids: ArrayLike, weights: ArrayLike, num_experts: int, *, capacity: Optional[int] = None,
+                   capacity_factor: Optional[float] = None, min_capacity: int = 0, capacity_multiple: int = 1,
+                   priority: str = "slot", pad_to: int = 1) -> RoutingPlan[NDArray[Any]]: ...
+def plan_from_topk(expert_ids: Any, weights: Any, num_experts: int, *, capacity: Optional[int] = None,
+                   capacity_factor: Optional[float] = None, min_capacity: int = 0, capacity_multiple: int = 1,
+                   priority: str = "slot", pad_to: int = 1) -> Any:
+    return _front(weights).plan_from_topk(expert_ids, weights, num_experts, capacity=capacity,
+                                          capacity_factor=capacity_factor, min_capacity=min_capacity,
+                                          capacity_multiple=capacity_multiple, priority=priority, pad_to=pad_to)
+
+
 def permute(x: ArrayT, plan: RoutingPlan[ArrayT]) -> ArrayT:
     xp: ArrayT = _front(x).permute(x, plan)
     return xp
@@ -140,7 +157,7 @@ def plan_as_tensors(plan: RoutingPlan[Any], device: str) -> RoutingPlan[torch.Te
 
 
 # Each dispatcher documents what its NumPy twin does (the torch twin does the same on tensors).
-for _name in ("expert_choice", "permute", "combine", "permute_backward", "combine_backward", "route_backward",
+for _name in ("expert_choice", "plan_from_topk", "permute", "combine", "permute_backward", "combine_backward", "route_backward",
               "load_balancing_loss", "z_loss", "importance_loss", "noisy_load_probs", "noisy_load_loss"):
     globals()[_name].__doc__ = getattr(_numpy, _name).__doc__
 del _name

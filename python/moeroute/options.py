@@ -1,11 +1,11 @@
-"""Route's options as one frozen, checked object (RouteOptions), shared by the NumPy and torch fronts
-and handed to the core by name."""
+"""Route's options as one frozen, checked object (RouteOptions), and plan_from_topk's layout options
+(PicksOptions), shared by the NumPy and torch fronts and handed to the core by name."""
 
 from __future__ import annotations
 
 import inspect
 import math
-from typing import TYPE_CHECKING, Any, Callable, Dict, Optional, Protocol, Tuple, Union
+from typing import TYPE_CHECKING, Any, Callable, Dict, NamedTuple, Optional, Protocol, Tuple, Union
 
 import numpy as np
 
@@ -24,9 +24,38 @@ if TYPE_CHECKING:
     BiasLike = Union[torch.Tensor, ArrayLike]
 
 SCORES = ("softmax", "sigmoid")
+# A plan's score: how route / expert_choice scored its logits, or "given" for plan_from_topk's
+# plans (weights given by the caller, no logits).
+PLAN_SCORES = SCORES + ("given",)
 NORMALIZATIONS = ("none", "topk", "kept")
 PRIORITIES = ("slot", "token", "score")
 FLOAT32_MAX = float(np.finfo(np.float32).max)
+
+# ------------------------------------------------------------------------------- PicksOptions
+
+class PicksOptions(NamedTuple):
+    """How plan_from_topk lays out given picks: route's capacity options (see RouteOptions),
+    checked by `picks_options`; the core reads them by name."""
+    capacity: Optional[int]
+    capacity_factor: Optional[float]
+    min_capacity: int
+    capacity_multiple: int
+    priority: str
+    pad_to: int
+
+
+def picks_options(capacity: Any = None, capacity_factor: Any = None, min_capacity: Any = 0,
+                  capacity_multiple: Any = 1, priority: Any = "slot", pad_to: Any = 1) -> PicksOptions:
+    """Checked PicksOptions (ArgumentError / DTypeError naming the bad argument)."""
+    options = PicksOptions(
+        optional_integer(capacity, "capacity", 0), _capacity_factor(capacity_factor),
+        integer(min_capacity, "min_capacity", 0), integer(capacity_multiple, "capacity_multiple", 1),
+        choice(priority, "priority", PRIORITIES), integer(pad_to, "pad_to", 1))
+    if options.capacity is not None and options.capacity_factor is not None:
+        raise ArgumentError(f"capacity: got capacity={options.capacity} and capacity_factor="
+                            f"{options.capacity_factor}, expected at most one of them")
+    return options
+
 
 # ------------------------------------------------------------------------------- RouteOptions
 

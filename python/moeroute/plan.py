@@ -11,9 +11,9 @@ import numpy as np
 from numpy.typing import ArrayLike, NDArray
 
 from . import _core
-from .errors import DTypeError, PlanError, ShapeError
+from .errors import ArgumentError, DTypeError, PlanError, ShapeError
 from ._checks import choice, optional_integer, real
-from .options import NORMALIZATIONS, SCORES
+from .options import NORMALIZATIONS, PLAN_SCORES
 from ._types import ArrayT
 
 
@@ -67,7 +67,8 @@ class RoutingPlan(Generic[ArrayT]):
         tokens_per_expert: (E,) int64, picks kept per expert.
         assigned_per_expert: (E,) int64, picks per expert before capacity.
         capacity: rows per expert in the capacity layout, or None (dropless).
-        score, normalize, scale: how the weights were computed (used by route_backward).
+        score, normalize, scale: how the weights were computed (used by route_backward); score is
+            "given" for a plan_from_topk plan (weights given by the caller, no logits).
 
     See docs/semantics.md (section 6) for the plan's invariants and row layout: each expert's kept
     picks fill the start of its segment in ascending token order, padding rows after them.
@@ -125,7 +126,7 @@ class RoutingPlan(Generic[ArrayT]):
         )
         for array in converted.values():
             array.flags.writeable = False
-        _fill(self, [converted[name] for name in FIELD_NAMES], capacity, choice(score, "score", SCORES),
+        _fill(self, [converted[name] for name in FIELD_NAMES], capacity, choice(score, "score", PLAN_SCORES),
               choice(normalize, "normalize", NORMALIZATIONS), real(scale, "scale"))
 
     @classmethod
@@ -355,3 +356,12 @@ def expect_plan(plan: Any, tensors: Optional[bool] = None) -> RoutingPlan[Any]:
                          "from different frameworks): pass tensors (torch.from_numpy(array)), or convert the plan "
                          "with plan.numpy()")
     return plan
+
+
+def expect_routed_plan(plan: RoutingPlan[Any]) -> None:
+    """ArgumentError for a plan that was not routed from logits (plan_from_topk's): route_backward
+    has nothing to differentiate."""
+    if plan.score == "given":
+        raise ArgumentError("plan: built by plan_from_topk from given weights, not routed from logits, so "
+                            "route_backward has no logits to differentiate (with torch tensors, the gradient "
+                            "reaches the given weights through autograd)")

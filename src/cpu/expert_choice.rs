@@ -59,7 +59,7 @@ where
         tokens_per_expert: vec![taken as i64; e_count],
         assigned_per_expert: vec![taken as i64; e_count],
         capacity: Some(c),
-        score: ScoreFunction::Softmax,
+        score: Some(ScoreFunction::Softmax),
         normalize: Normalize::None,
         scale: 1.0,
     })

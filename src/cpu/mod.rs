@@ -5,6 +5,7 @@ pub mod combine;
 pub mod combine_backward;
 pub mod expert_choice;
 pub mod fast_math;
+pub mod given_picks;
 pub mod gating;
 pub mod indices;
 pub mod noisy_load;

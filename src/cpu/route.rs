@@ -63,7 +63,7 @@ where
         tokens_per_expert: plan.tokens_per_expert,
         assigned_per_expert: plan.assigned_per_expert,
         capacity: layout.capacity(),
-        score: options.score,
+        score: Some(options.score),
         normalize: options.normalize,
         scale: options.scale,
     })

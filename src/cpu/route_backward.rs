@@ -149,7 +149,7 @@ mod tests {
             expert_ids: &plan.expert_ids,
             dest: &plan.dest,
             probs: &plan.probs,
-            score: plan.score,
+            score: plan.score.unwrap(),
             normalize: plan.normalize,
             scale: plan.scale,
         };

@@ -23,8 +23,10 @@ pub struct PlanIndices {
     pub assigned_per_expert: Vec<i64>,
 }
 
-/// Builds dest/src/offsets/counts for `expert_ids` ([T, k], every entry a valid expert, distinct
-/// within a token). `priority_keys` ([T, k]) rank picks for `Priority::Score`.
+/// Builds dest/src/offsets/counts for `expert_ids` ([T, k]: each entry an expert in [0, E), or -1
+/// for an unused slot, which gets no row and is not counted). A token may pick an expert more than
+/// once (given picks); its rows then follow slot order. `priority_keys` ([T, k]) rank picks for
+/// `Priority::Score`.
 pub fn build_token_plan<F: Accum>(
     expert_ids: &[i32],
     priority_keys: &[F],
@@ -73,7 +75,7 @@ fn counts_per_task(
         .map(|(task, ids)| {
             let mut counts = vec![0i64; num_experts];
             for (j, &e) in ids.iter().enumerate() {
-                if include(task * chunk + j) {
+                if e >= 0 && include(task * chunk + j) {
                     counts[e as usize] += 1;
                 }
             }
@@ -109,7 +111,7 @@ fn keep_within_capacity<F: Accum>(
     let mut kept = vec![false; picks];
     let mut seen = vec![0usize; num_experts];
     let mut take = |i: usize| {
-        let e = expert_ids[i] as usize;
+        let Ok(e) = usize::try_from(expert_ids[i]) else { return }; // an unused slot
         kept[i] = seen[e] < c;
         seen[e] += 1;
     };
@@ -125,7 +127,9 @@ fn keep_within_capacity<F: Accum>(
             // keeps (token, slot) order among equal keys.
             let mut buckets: Vec<Vec<usize>> = vec![Vec::new(); num_experts];
             for (i, &e) in expert_ids.iter().enumerate() {
-                buckets[e as usize].push(i);
+                if let Ok(e) = usize::try_from(e) {
+                    buckets[e].push(i);
+                }
             }
             buckets.par_iter_mut().with_min_len(min_len()).filter(|b| b.len() > c).for_each(|bucket| {
                 bucket.sort_by(|&a, &b| {
@@ -181,7 +185,7 @@ fn assign_rows(
     dest.par_chunks_mut(chunk).with_min_len(min_len()).zip(expert_ids.par_chunks(chunk)).zip(starts).enumerate().for_each(
         |(task, ((dest, ids), mut row))| {
             for (j, (d, &e)) in dest.iter_mut().zip(ids).enumerate() {
-                if is_kept(task * chunk + j) {
+                if e >= 0 && is_kept(task * chunk + j) {
                     *d = row[e as usize] as i32;
                     row[e as usize] += 1;
                 }

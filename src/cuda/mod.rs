@@ -10,6 +10,7 @@ pub mod expert_choice;
 pub mod launch;
 pub mod permute;
 pub mod permute_backward;
+pub mod plan_from_topk;
 pub mod route;
 pub mod route_backward;
 pub mod workspace;

@@ -37,16 +37,42 @@ pub fn route(device: &Device, call: &RouteCall, options: &RouteOptions) -> Resul
     if e > MAX_EXPERTS {
         return Err(cuda_error(format!("logits: {e} experts, the CUDA kernels support at most {MAX_EXPERTS}")));
     }
-    let picks = check_i32("T * k", t * k)?;
+    check_i32("T * k", t * k)?;
     check_i32("rows", rows)?;
     let ws = route_workspace(call.dtype, t, e, k, options.groups.map(|g| g.num_groups));
     ws.check(call.workspace_bytes)?;
     device.make_current()?;
     let go = Launch { device, stream: call.stream };
-    let at = |offset: usize| call.workspace + offset as u64;
-    let out = &call.out;
-    let (t32, e32, k32) = (t as i32, e as i32, k as i32);
     gate(&go, call, options, &ws, rows)?;
+    let rows_of = PlanRows { out: &call.out, workspace: call.workspace, ws: &ws, num_tokens: t, num_experts: e, top_k: k, dtype: call.dtype };
+    lay_out_rows(&go, &rows_of, layout, options.priority)?;
+    let dropless = matches!(layout, Layout::Dropless { .. });
+    if dropless && options.normalize != Normalize::Kept && options.scale == 1.0 {
+        return Ok(()); // no pick dropped: the gating kernel's weights are final
+    }
+    finalize_weights(&go, &call.out, call.dtype, t, k, options.normalize == Normalize::Kept, options.scale)
+}
+
+/// Where the plan kernels read the picks (out.expert_ids, and out.weights as the "score" keys) and
+/// write the rows, and the sizes.
+pub(super) struct PlanRows<'a> {
+    pub out: &'a PlanPointers,
+    pub workspace: u64,
+    pub ws: &'a Workspace,
+    pub num_tokens: usize,
+    pub num_experts: usize,
+    pub top_k: usize,
+    pub dtype: DType,
+}
+
+/// Lays out the picks' rows: dest, src (its padding rows already -1), the offsets and the counts,
+/// dropping by `priority` in a capacity layout. Picks whose expert id is outside [0, E) get no row.
+pub(super) fn lay_out_rows(go: &Launch, p: &PlanRows, layout: Layout, priority: Priority) -> Result<()> {
+    let (t, e, k) = (p.num_tokens, p.num_experts, p.top_k);
+    let picks = check_i32("T * k", t * k)?;
+    let at = |offset: usize| p.workspace + offset as u64;
+    let (out, ws) = (p.out, p.ws);
+    let (t32, e32, k32) = (t as i32, e as i32, k as i32);
     let chunks = (t * k).div_ceil(CHUNK).max(1) as u64;
     let counters = (e * 4) as u32;
     let (counts, totals, seg_start, done) = (at(ws.counts), at(ws.totals), at(ws.seg_start), at(ws.done));
@@ -103,7 +129,7 @@ pub fn route(device: &Device, call: &RouteCall, options: &RouteOptions) -> Resul
         }
         Layout::Capacity(c) => {
             let c = c as i32;
-            match options.priority {
+            match priority {
                 Priority::Token => {
                     count(false, 0, Some((1, c)))?;
                     assign(false, 0, RANK_ROWS_CAPPED, c)?;
@@ -118,21 +144,23 @@ pub fn route(device: &Device, call: &RouteCall, options: &RouteOptions) -> Resul
                     count(false, 0, None)?;
                     offsets(1, -1, false)?;
                     assign(false, 0, RANK_ORDER, 0)?;
-                    let keep = if call.dtype == DType::F64 { "keep_by_score_f64" } else { "keep_by_score_f32" };
+                    let keep = if p.dtype == DType::F64 { "keep_by_score_f64" } else { "keep_by_score_f32" };
                     go.run(keep, e as u64, 256, 0, Args::new().ptr(at(ws.order)).ptr(seg_start).ptr(totals).ptr(out.weights).i32(k32).i32(c).ptr(out.dest).ptr(out.src))?;
                     offsets(1, c, true)?;
                 }
             }
         }
     }
-    let dropless = matches!(layout, Layout::Dropless { .. });
-    if dropless && options.normalize != Normalize::Kept && options.scale == 1.0 {
-        return Ok(()); // no pick dropped: the gating kernel's weights are final
-    }
-    let finalize = if call.dtype == DType::F64 { "finalize_weights_f64" } else { "finalize_weights_f32" };
-    let scale = Args::new().ptr(out.weights).ptr(out.dest).i32(t32).i32(k32).i32((options.normalize == Normalize::Kept) as i32);
-    let scale = if call.dtype == DType::F64 { scale.f64(options.scale) } else { scale.f32(options.scale as f32) };
-    go.run(finalize, t.div_ceil(128) as u64, 128, 0, scale.i32((options.scale != 1.0) as i32))
+    Ok(())
+}
+
+/// The final weights: dropped picks' weights 0, then the "kept" normalization, then `scale`.
+pub(super) fn finalize_weights(go: &Launch, out: &PlanPointers, dtype: DType, t: usize, k: usize, normalize_kept: bool,
+                               scale: f64) -> Result<()> {
+    let finalize = if dtype == DType::F64 { "finalize_weights_f64" } else { "finalize_weights_f32" };
+    let args = Args::new().ptr(out.weights).ptr(out.dest).i32(t as i32).i32(k as i32).i32(normalize_kept as i32);
+    let args = if dtype == DType::F64 { args.f64(scale) } else { args.f32(scale as f32) };
+    go.run(finalize, t.div_ceil(128) as u64, 128, 0, args.i32((scale != 1.0) as i32))
 }
 
 /// Largest number of experts the 16-lanes-per-token gating kernel takes (16 columns per lane).

@@ -1,4 +1,4 @@
-//! The scratch memory of a CUDA route or expert choice: where each region lies in the caller's workspace.
+//! The scratch memory of a CUDA route, plan from given picks or expert choice: where each region lies in the caller's workspace.
 
 use super::common::SHARED_LIMIT;
 use super::context::cuda_error;
@@ -31,6 +31,8 @@ pub struct Workspace {
 #[derive(Debug, Clone, Copy)]
 enum Purpose {
     Route { top_k: usize, num_groups: Option<usize> },
+    /// A plan from given picks: the plan kernels' regions only (no gating).
+    Picks { top_k: usize },
     ExpertChoice,
 }
 
@@ -44,6 +46,11 @@ pub(super) fn gate_shared_bytes(num_experts: usize, dtype: DType) -> Option<usiz
 /// The workspace of a route of `k` picks per token (with `num_groups` expert groups, if limited).
 pub fn route_workspace(dtype: DType, t: usize, e: usize, k: usize, num_groups: Option<usize>) -> Workspace {
     Workspace::new(dtype, t, e, Purpose::Route { top_k: k, num_groups })
+}
+
+/// The workspace of a plan from `k` given picks per token.
+pub fn picks_workspace(t: usize, e: usize, k: usize) -> Workspace {
+    Workspace::new(DType::F32, t, e, Purpose::Picks { top_k: k })
 }
 
 /// The workspace of an expert choice.
@@ -61,12 +68,14 @@ impl Workspace {
         };
         let (k, num_groups) = match purpose {
             Purpose::Route { top_k, num_groups } => (top_k, num_groups),
+            Purpose::Picks { top_k } => (top_k, None),
             Purpose::ExpertChoice => (0, None),
         };
         let acc = dtype.acc_bytes();
         let picks = t * k;
         let chunks = picks.div_ceil(CHUNK).max(1);
-        let row_scratch = gate_shared_bytes(e, dtype).is_none().then(|| take(t * e * acc));
+        let gates = !matches!(purpose, Purpose::Picks { .. });
+        let row_scratch = (gates && gate_shared_bytes(e, dtype).is_none()).then(|| take(t * e * acc));
         let group_scratch = num_groups.map(|g| take(t * g * acc));
         let counts = take(chunks * e * 4);
         let totals = take(e * 4);
@@ -111,5 +120,12 @@ mod tests {
         let ws = expert_choice_workspace(DType::F64, 100, 8);
         assert!(ws.probs_t.unwrap() >= ws.order && ws.bytes >= ws.probs_t.unwrap() + 100 * 8 * 8);
         assert_eq!(ws.flags, ws.order); // no picks: no flags
+    }
+
+    #[test]
+    fn picks_workspace_has_no_gating_scratch() {
+        let ws = picks_workspace(1000, 512, 8);
+        assert!(ws.row_scratch.is_none() && ws.group_scratch.is_none() && ws.probs_t.is_none());
+        assert!(ws.bytes >= ws.order + 1000 * 8 * 4);
     }
 }

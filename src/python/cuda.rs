@@ -3,15 +3,16 @@
 
 use pyo3::prelude::*;
 
-use super::routing::RouteOptionsArg;
+use super::routing::{PicksOptionsArg, RouteOptionsArg};
 use crate::cuda::combine::combine;
 use crate::cuda::combine_backward::combine_backward;
 use crate::cuda::expert_choice::{expert_choice, ExpertChoiceCall};
 use crate::cuda::permute::permute;
 use crate::cuda::permute_backward::permute_backward;
+use crate::cuda::plan_from_topk::{plan_from_topk, PicksCall};
 use crate::cuda::route::{route, RouteCall};
 use crate::cuda::route_backward::{route_backward, RouteBackwardCall};
-use crate::cuda::workspace::{expert_choice_workspace, route_workspace};
+use crate::cuda::workspace::{expert_choice_workspace, picks_workspace, route_workspace};
 use crate::cuda::{self, PlanPointers, Rows};
 use crate::dtype::DType;
 use crate::routing::{Normalize, ScoreFunction};
@@ -40,6 +41,49 @@ fn cuda_route_workspace(dtype_name: &str, num_tokens: usize, num_experts: usize,
 #[pyfunction]
 fn cuda_expert_choice_workspace(dtype_name: &str, num_tokens: usize, num_experts: usize) -> PyResult<usize> {
     Ok(expert_choice_workspace(DType::parse_arg(dtype_name, "logits")?, num_tokens, num_experts).bytes)
+}
+
+/// Bytes of scratch memory a plan from given picks needs.
+#[pyfunction]
+fn cuda_plan_from_topk_workspace(num_tokens: usize, top_k: usize, num_experts: usize) -> usize {
+    picks_workspace(num_tokens, num_experts, top_k).bytes
+}
+
+/// The plan of the given picks (int64 ids and weights of `dtype_name`, [T, k] each) into the plan
+/// arrays at `outputs` (in `PLAN_FIELDS` order; probs zeroed by the caller).
+#[pyfunction]
+#[pyo3(signature = (device, stream, expert_ids, weights, dtype_name, num_tokens, top_k, num_experts, options, outputs,
+                    workspace, workspace_bytes))]
+#[allow(clippy::too_many_arguments)]
+fn cuda_plan_from_topk(
+    device: i32,
+    stream: u64,
+    expert_ids: u64,
+    weights: u64,
+    dtype_name: &str,
+    num_tokens: usize,
+    top_k: usize,
+    num_experts: usize,
+    options: PicksOptionsArg,
+    outputs: [u64; 8],
+    workspace: u64,
+    workspace_bytes: usize,
+) -> PyResult<()> {
+    let options = options.into_options()?;
+    let call = PicksCall {
+        stream,
+        expert_ids,
+        weights,
+        dtype: DType::parse_arg(dtype_name, "weights")?,
+        num_tokens,
+        top_k,
+        num_experts,
+        out: PlanPointers::from_array(outputs),
+        workspace,
+        workspace_bytes,
+    };
+    plan_from_topk(cuda::device(device)?, &call, &options)?;
+    Ok(())
 }
 
 /// Routes the logits at `logits_ptr` into the plan arrays at `outputs` (in `PLAN_FIELDS` order).
@@ -187,6 +231,8 @@ pub fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(cuda_route_workspace, m)?)?;
     m.add_function(wrap_pyfunction!(cuda_expert_choice_workspace, m)?)?;
     m.add_function(wrap_pyfunction!(cuda_route, m)?)?;
+    m.add_function(wrap_pyfunction!(cuda_plan_from_topk_workspace, m)?)?;
+    m.add_function(wrap_pyfunction!(cuda_plan_from_topk, m)?)?;
     m.add_function(wrap_pyfunction!(cuda_expert_choice, m)?)?;
     m.add_function(wrap_pyfunction!(cuda_permute, m)?)?;
     m.add_function(wrap_pyfunction!(cuda_combine, m)?)?;

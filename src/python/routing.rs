@@ -1,5 +1,5 @@
-//! Bindings of route, expert_choice, route_backward, plan validation and plan layouts, and the
-//! options object route's bindings (CPU and CUDA) read.
+//! Bindings of route, expert_choice, plan_from_topk, route_backward, plan validation and plan
+//! layouts, and the options objects route's and plan_from_topk's bindings (CPU and CUDA) read.
 
 use numpy::{Element, PyArrayMethods, PyUntypedArrayMethods};
 use pyo3::prelude::*;
@@ -8,6 +8,7 @@ use pyo3::types::PyTuple;
 use super::arrays::{accum_dtype, expect_shape, from_vec, index_snapshot, input, output_slice, slice, with_accum, with_activation, output, Stored};
 use super::errors::{run_kernel, run_task_kernel};
 use crate::cpu;
+use crate::cpu::given_picks::PicksOptions;
 use crate::cpu::route_backward::WeightsGraph;
 use crate::dtype::DType;
 use crate::routing::options::CapacityRequest;
@@ -101,6 +102,74 @@ impl RouteOptionsArg {
             pad_to: self.pad_to,
         })
     }
+}
+
+/// plan_from_topk's layout options as the Python front passes them (`moeroute.options.PicksOptions`),
+/// read by attribute name.
+#[derive(FromPyObject)]
+pub(super) struct PicksOptionsArg {
+    #[pyo3(attribute)]
+    capacity: Option<usize>,
+    #[pyo3(attribute)]
+    capacity_factor: Option<f64>,
+    #[pyo3(attribute)]
+    min_capacity: usize,
+    #[pyo3(attribute)]
+    capacity_multiple: usize,
+    #[pyo3(attribute)]
+    priority: String,
+    #[pyo3(attribute)]
+    pad_to: usize,
+}
+
+impl PicksOptionsArg {
+    pub(super) fn into_options(self) -> crate::Result<PicksOptions> {
+        Ok(PicksOptions {
+            capacity: CapacityRequest {
+                capacity: self.capacity,
+                capacity_factor: self.capacity_factor,
+                min_capacity: self.min_capacity,
+                capacity_multiple: self.capacity_multiple,
+            },
+            priority: Priority::parse(&self.priority)?,
+            pad_to: self.pad_to,
+        })
+    }
+}
+
+/// plan_from_topk(expert_ids, weights, dtype, num_experts, options) -> the plan as a tuple (see
+/// `plan_tuple`): expert_ids an int64 [T, k] array, weights a [T, k] array of `dtype`.
+#[pyfunction]
+fn plan_from_topk<'py>(
+    py: Python<'py>,
+    expert_ids: &Bound<'py, PyAny>,
+    weights: &Bound<'py, PyAny>,
+    dtype_name: &str,
+    num_experts: usize,
+    options: PicksOptionsArg,
+) -> PyResult<Bound<'py, PyTuple>> {
+    let options = options.into_options()?;
+    let ids = input::<i64>(expert_ids, "expert_ids")?;
+    expect_shape("expert_ids", ids.shape(), &[None, None])?;
+    let (t, k) = (ids.shape()[0], ids.shape()[1]);
+    // A private copy (see index_snapshot): the kernel maps these values to experts once.
+    let ids = index_snapshot(&ids, "expert_ids")?;
+    with_activation!(DType::parse_arg(dtype_name, "weights")?, A => {
+        let weights = input::<<A as Stored>::Storage>(weights, "weights")?;
+        expect_shape("weights", weights.shape(), &[Some(t), Some(k)])?;
+        let values = A::view(slice(&weights, "weights")?);
+        let plan = run_task_kernel(py, t * k, || cpu::given_picks::plan_from_picks(&ids, values, t, k, num_experts, &options))?;
+        plan_tuple(py, plan)
+    })
+}
+
+/// plan_from_topk_layout(num_tokens, top_k, num_experts, options) -> (capacity or None, num_rows):
+/// the static shape of plan_from_topk's plan, after checking its options.
+#[pyfunction]
+fn plan_from_topk_layout(num_tokens: usize, top_k: usize, num_experts: usize, options: PicksOptionsArg) -> PyResult<(Option<usize>, usize)> {
+    let options = options.into_options()?;
+    let (layout, rows) = core_routing::capacity::picks_layout(&options.capacity, options.pad_to, num_tokens, top_k, num_experts)?;
+    Ok((layout.capacity(), rows))
 }
 
 /// route(logits, dtype, options, bias=None) -> the plan as a tuple (see `plan_tuple`); bias is a
@@ -282,6 +351,8 @@ pub fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(expert_choice_layout, m)?)?;
     m.add_function(wrap_pyfunction!(route, m)?)?;
     m.add_function(wrap_pyfunction!(expert_choice, m)?)?;
+    m.add_function(wrap_pyfunction!(plan_from_topk, m)?)?;
+    m.add_function(wrap_pyfunction!(plan_from_topk_layout, m)?)?;
     m.add_function(wrap_pyfunction!(route_backward, m)?)?;
     m.add_function(wrap_pyfunction!(validate_plan, m)?)?;
     Ok(())

@@ -92,6 +92,30 @@ pub fn route_layout(options: &RouteOptions, num_tokens: usize, num_experts: usiz
     Ok((layout, rows))
 }
 
+/// The layout and row count of a plan built from given picks ([num_tokens, top_k], any top_k: a
+/// token may pick an expert twice, and unused slots count as picks for the row count), after
+/// checking every option.
+pub fn picks_layout(
+    request: &CapacityRequest,
+    pad_to: usize,
+    num_tokens: usize,
+    top_k: usize,
+    num_experts: usize,
+) -> Result<(Layout, usize)> {
+    if num_experts == 0 {
+        return Err(Error::Argument { arg: "num_experts", got: "0".into(), expected: "an integer >= 1".into() });
+    }
+    if num_tokens as u128 > MAX_ROWS as u128 {
+        return Err(overflow("expert_ids", "number of tokens", num_tokens as u128));
+    }
+    if pad_to == 0 {
+        return Err(Error::Argument { arg: "pad_to", got: "0".into(), expected: "an integer >= 1".into() });
+    }
+    let layout = resolve_capacity(request, num_tokens, top_k, num_experts, pad_to)?;
+    let rows = num_rows(layout, num_tokens, top_k, num_experts)?;
+    Ok((layout, rows))
+}
+
 /// The capacity C and row count (E * C) of an expert choice, after checking its arguments.
 pub fn expert_choice_layout(
     num_tokens: usize,

@@ -21,7 +21,8 @@ pub struct RoutingPlan<F> {
     pub tokens_per_expert: Vec<i64>,
     pub assigned_per_expert: Vec<i64>,
     pub capacity: Option<usize>,
-    pub score: ScoreFunction,
+    /// How the logits were scored; None for a plan built from given picks (`plan_from_picks`).
+    pub score: Option<ScoreFunction>,
     pub normalize: Normalize,
     pub scale: f64,
 }

@@ -4,11 +4,11 @@ arrays; this front never imports torch."""
 
 from . import losses
 from .losses import importance_loss, load_balancing_loss, noisy_load_loss, noisy_load_probs, z_loss
-from .ops import (combine, combine_backward, expert_choice, permute, permute_backward, route, route_backward,
-                  route_with_options)
+from .ops import (combine, combine_backward, expert_choice, permute, permute_backward, plan_from_topk, route,
+                  route_backward, route_with_options)
 
 __all__ = [
-    "route", "route_with_options", "expert_choice", "permute", "combine", "permute_backward", "combine_backward",
+    "route", "route_with_options", "expert_choice", "plan_from_topk", "permute", "combine", "permute_backward", "combine_backward",
     "route_backward", "losses", "load_balancing_loss", "z_loss", "importance_loss", "noisy_load_probs",
     "noisy_load_loss",
 ]

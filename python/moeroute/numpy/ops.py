@@ -9,12 +9,12 @@ import numpy as np
 from numpy.typing import ArrayLike, NDArray
 
 from .. import _core
-from .._checks import (accumulation_name, expect_logits_shape, expect_rows, expect_weights_shape,
-                       optional_integer, real)
+from .._checks import (accumulation_name, expect_logits_shape, expect_picks_shape, expect_rows,
+                       expect_weights_shape, integer, optional_integer, real)
 from ..errors import DTypeError, ShapeError
-from ..options import RouteOptions, route_function
-from ..plan import RoutingPlan, expect_plan
-from ._convert import activation, float_array, restore
+from ..options import RouteOptions, picks_options, route_function
+from ..plan import RoutingPlan, expect_plan, expect_routed_plan
+from ._convert import activation, expect_ndim, float_array, restore
 
 # The plans of this front: NumPy arrays.
 NumpyPlan = RoutingPlan[NDArray[Any]]
@@ -57,6 +57,47 @@ def expert_choice(logits: ArrayLike, *, capacity_factor: float = 1.0, capacity: 
     storage, dtype_name, _ = activation(logits, "logits", ndim=2)
     return RoutingPlan._from_core(_core.expert_choice(storage, dtype_name, capacity, capacity_factor),
                                   "softmax", "none", 1.0)
+
+
+def plan_from_topk(expert_ids: ArrayLike, weights: ArrayLike, num_experts: int, *, capacity: Optional[int] = None,
+                   capacity_factor: Optional[float] = None, min_capacity: int = 0, capacity_multiple: int = 1,
+                   priority: str = "slot", pad_to: int = 1) -> NumpyPlan:
+    """The RoutingPlan of picks made elsewhere (a model's own router): the experts and weights are
+    given, and laid out into rows exactly as `route` lays out its own picks.
+
+    Args:
+        expert_ids: (T, k) integers, the expert of each pick. An id outside [0, num_experts) (e.g.
+            -1, or an expert-parallel sentinel >= num_experts) is an unused slot: expert_ids -1,
+            no row, weight 0. A token may pick an expert more than once (its rows follow slot order).
+        weights: (T, k) float combine weights of the picks (float32 / float64 / float16 / bfloat16).
+        num_experts: E.
+        capacity, capacity_factor, min_capacity, capacity_multiple, priority, pad_to: as in
+            `route` (capacity_factor counts the k slots of every token); "score" priority ranks
+            picks by their given weight.
+
+    Returns:
+        RoutingPlan with score "given": weights are the given ones in the accumulation dtype
+        (float32, float64 for float64 weights), 0 where dropped or unused; probs[t, e] the sum of
+        token t's given weights for expert e (0 for experts it did not pick).
+
+    Example:
+        >>> import numpy as np, moeroute
+        >>> plan = moeroute.plan_from_topk(np.array([[1, 0], [1, 3]]), np.array([[0.7, 0.3], [1.0, 0.5]]), 2)
+        >>> plan.src.tolist(), plan.dest.tolist(), plan.weights.tolist()
+        ([0, 0, 1, -1], [[1, 0], [2, -1]], [[0.7, 0.3], [1.0, 0.0]])
+    """
+    options = picks_options(capacity, capacity_factor, min_capacity, capacity_multiple, priority, pad_to)
+    num_experts = integer(num_experts, "num_experts", 1)
+    ids = expert_ids if isinstance(expert_ids, np.ndarray) else np.asarray(expert_ids)
+    if ids.dtype.kind not in "iu":
+        raise DTypeError(f"expert_ids: got dtype {ids.dtype}, expected an integer array")
+    expect_ndim(ids, "expert_ids", 2)
+    storage, dtype_name, _ = activation(weights, "weights", ndim=2)
+    expect_picks_shape(storage.shape, ids.shape)
+    # (ids beyond int64 are out of range either way: as int64 they stay out of [0, num_experts))
+    ids64 = np.ascontiguousarray(ids.astype(np.int64, copy=False))
+    return RoutingPlan._from_core(_core.plan_from_topk(ids64, storage, dtype_name, num_experts, options),
+                                  "given", "none", 1.0)
 
 
 def permute(x: ArrayLike, plan: NumpyPlan) -> NDArray[Any]:
@@ -165,6 +206,7 @@ def route_backward(grad_weights: ArrayLike, plan: NumpyPlan, logits: ArrayLike) 
         grad_logits: (T, E), dtype of logits.
     """
     plan = expect_plan(plan, tensors=False)
+    expect_routed_plan(plan)
     storage, _, dtype = activation(logits, "logits", ndim=2)
     expect_logits_shape(storage.shape, plan.probs.shape)
     g = float_array(grad_weights, "grad_weights", plan.probs.dtype, ndim=2)

@@ -9,10 +9,10 @@ from .experts import ModuleExperts, StackedFFN, grouped_matmul
 from .losses import importance_loss, load_balancing_loss, noisy_load_loss, noisy_load_probs, z_loss
 from .moe import MoE, RoutingStats, aux_loss
 from .ops import (combine, combine_backward, expert_choice, permute, permute_backward, permute_shared,
-                  plan_as_tensors, route, route_backward, route_with_options)
+                  plan_as_tensors, plan_from_topk, route, route_backward, route_with_options)
 
 __all__ = [
-    "route", "route_with_options", "expert_choice", "permute", "permute_shared", "plan_as_tensors", "combine", "permute_backward",
+    "route", "route_with_options", "expert_choice", "plan_from_topk", "permute", "permute_shared", "plan_as_tensors", "combine", "permute_backward",
     "combine_backward", "route_backward", "losses", "load_balancing_loss", "z_loss", "importance_loss",
     "noisy_load_probs", "noisy_load_loss", "MoE", "RoutingStats", "aux_loss", "StackedFFN", "ModuleExperts",
     "grouped_matmul",

@@ -103,11 +103,22 @@ def empty_plan(logits: torch.Tensor, slots: int, rows: int) -> Tuple[torch.Tenso
     """Uninitialised tensors of a plan's fields (moeroute.plan.PLAN_FIELDS: dtypes and shapes) on
     the logits' device, each allocated on its own (also fake tensors, for torch.compile)."""
     t, e = logits.shape
-    dtypes = plan_dtypes(logits.dtype)
+    return _empty_fields(logits, t, e, slots, rows)
+
+
+def empty_picks_plan(weights: torch.Tensor, num_experts: int, rows: int) -> Tuple[torch.Tensor, ...]:
+    """The same for plan_from_topk's plan of (T, k) given weights over num_experts experts."""
+    t, k = weights.shape
+    return _empty_fields(weights, t, num_experts, k, rows)
+
+
+def _empty_fields(like: torch.Tensor, t: int, e: int, slots: int, rows: int) -> Tuple[torch.Tensor, ...]:
+    dtypes = plan_dtypes(like.dtype)
     shapes = field_shapes(t, e, slots, rows)
-    return tuple(logits.new_empty(shape, dtype=dtypes[f.kind]) for f, shape in zip(PLAN_FIELDS, shapes))
+    return tuple(like.new_empty(shape, dtype=dtypes[f.kind]) for f, shape in zip(PLAN_FIELDS, shapes))
 
 
 def plan_dtypes(logits_dtype: torch.dtype) -> Dict[str, torch.dtype]:
-    """The torch dtype of each field kind of a plan routed from logits of this dtype."""
+    """The torch dtype of each field kind of a plan routed from logits (or built from given
+    weights) of this dtype."""
     return {"float": accumulation_dtype(logits_dtype), "int32": torch.int32, "int64": torch.int64}

@@ -9,7 +9,7 @@ import numpy as np
 import torch
 
 from .. import _core
-from ..options import RouteOptions
+from ..options import PicksOptions, RouteOptions
 from ._convert import accumulation_dtype, from_storage, index_array, to_storage
 
 Tensor = torch.Tensor
@@ -33,6 +33,12 @@ def route(logits: Tensor, options: RouteOptions, bias: Optional[Tensor]) -> Tupl
 def expert_choice(logits: Tensor, capacity: Optional[int], capacity_factor: float) -> Tuple[Tensor, ...]:
     storage, dtype_name = to_storage(logits, "logits", 2)
     return _plan_tensors(_core.expert_choice(storage, dtype_name, capacity, capacity_factor))
+
+
+def plan_from_topk(expert_ids: Tensor, weights: Tensor, num_experts: int, options: PicksOptions) -> Tuple[Tensor, ...]:
+    storage, dtype_name = to_storage(weights, "weights", 2)
+    ids = index_array(expert_ids.to(torch.int64), "expert_ids")
+    return _plan_tensors(_core.plan_from_topk(ids, storage, dtype_name, num_experts, options))
 
 
 def permute(x: Tensor, src: Tensor) -> Tensor:

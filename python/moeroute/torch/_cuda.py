@@ -12,9 +12,9 @@ import torch
 from .. import _core
 from .._checks import _CUDA_CHECKS
 from . import _device_checks as checks
-from ..options import RouteOptions
-from ..plan import PLAN_FIELDS, field_shapes
-from ._convert import accumulation_dtype, activation_name, empty_plan, plan_dtypes
+from ..options import PicksOptions, RouteOptions
+from ..plan import FIELD_NAMES, PLAN_FIELDS, field_shapes
+from ._convert import accumulation_dtype, activation_name, empty_picks_plan, empty_plan, plan_dtypes
 
 Tensor = torch.Tensor
 
@@ -97,6 +97,25 @@ def expert_choice(logits: Tensor, capacity: Optional[int], capacity_factor: floa
     _core.cuda_expert_choice(device, stream, logits.data_ptr(), dtype_name, t, e, capacity, capacity_factor,
                              tuple(o.data_ptr() for o in outputs),  # type: ignore[arg-type]  # (8 of them)
                              ws.data_ptr(), ws.numel())
+    return outputs
+
+
+_PROBS = FIELD_NAMES.index("probs")
+
+
+def plan_from_topk(expert_ids: Tensor, weights: Tensor, num_experts: int, options: PicksOptions) -> Tuple[Tensor, ...]:
+    weights = weights.detach().contiguous()
+    ids = expert_ids.detach().to(device=weights.device, dtype=torch.int64).contiguous()
+    dtype_name = activation_name(weights, "weights")
+    t, k = weights.shape
+    _, rows = _core.plan_from_topk_layout(t, k, num_experts, options)
+    outputs = empty_picks_plan(weights, num_experts, rows)
+    outputs[_PROBS].zero_()  # (the import kernel adds the picks' weights into it)
+    ws = torch.empty(_core.cuda_plan_from_topk_workspace(t, k, num_experts), dtype=torch.uint8, device=weights.device)
+    device, stream = _stream(weights)
+    _core.cuda_plan_from_topk(device, stream, ids.data_ptr(), weights.data_ptr(), dtype_name, t, k, num_experts, options,
+                              tuple(o.data_ptr() for o in outputs),  # type: ignore[arg-type]  # (8 of them)
+                              ws.data_ptr(), ws.numel())
     return outputs
 
 

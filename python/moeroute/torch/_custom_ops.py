@@ -11,10 +11,10 @@ from typing import Any, Callable, Optional, Tuple, TypeVar
 import torch
 
 from .. import _core
-from ..options import ROUTE_OPTION_NAMES, RouteOptions, route_options
+from ..options import ROUTE_OPTION_NAMES, PicksOptions, RouteOptions, picks_options, route_options
 from ..plan import FIELD_NAMES, PLAN_FIELDS
 from . import _cpu, _cuda
-from ._convert import empty_plan
+from ._convert import empty_picks_plan, empty_plan
 
 Tensor = torch.Tensor
 # The plan ops' outputs: one tensor per field of moeroute.plan.PLAN_FIELDS, in its order.
@@ -230,6 +230,61 @@ def _expert_choice_backward(ctx, grad_weights, grad_probs, *unused):
 
 
 _register_autograd(expert_choice, expert_choice_impl, _expert_choice_backward, _expert_choice_setup)
+
+
+# ------------------------------------------------------------------------- plan from top-k
+# The layout options as named scalars, in PicksOptions' order; differentiable w.r.t. weights.
+
+def plan_from_topk_impl(expert_ids: Tensor, weights: Tensor, num_experts: int, capacity: Optional[int],
+                        capacity_factor: Optional[float], min_capacity: int, capacity_multiple: int, priority: str,
+                        pad_to: int) -> PlanTensors:
+    # (checked: the op may be called directly, as torch.ops.moeroute.plan_from_topk)
+    options = picks_options(capacity, capacity_factor, min_capacity, capacity_multiple, priority, pad_to)
+    return _backend(weights).plan_from_topk(expert_ids, weights, num_experts, options)
+
+
+plan_from_topk = torch.library.custom_op("moeroute::plan_from_topk", mutates_args=())(plan_from_topk_impl)
+assert tuple(inspect.signature(plan_from_topk_impl).parameters)[3:] == PicksOptions._fields
+
+
+@plan_from_topk.register_fake
+def _(expert_ids, weights, num_experts, capacity, capacity_factor, min_capacity, capacity_multiple, priority, pad_to):
+    t, k = weights.shape
+    options = PicksOptions(capacity, capacity_factor, min_capacity, capacity_multiple, priority, pad_to)
+    _, rows = _core.plan_from_topk_layout(int(t), int(k), num_experts, options)
+    return empty_picks_plan(weights, num_experts, rows)
+
+
+def _plan_from_topk_setup(ctx, inputs, output) -> None:
+    fields = dict(zip(FIELD_NAMES, output))
+    ctx.save_for_backward(fields["expert_ids"], fields["dest"])
+    ctx.weights_dtype = inputs[1].dtype
+
+
+def _plan_from_topk_backward(ctx, grad_weights, grad_probs, *unused):
+    """plan.weights is the given weights where kept (0 elsewhere), and plan.probs[t, e] the sum of
+    token t's given weights for expert e: their gradients flow back to the given weights."""
+    expert_ids, dest = ctx.saved_tensors
+    grad = None
+    if grad_weights is not None:
+        grad = torch.where(dest >= 0, grad_weights, grad_weights.new_zeros(()))
+    if grad_probs is not None:
+        used = expert_ids >= 0
+        picked = grad_probs.gather(1, expert_ids.clamp(min=0).to(torch.int64))
+        from_probs = torch.where(used, picked, picked.new_zeros(()))
+        grad = from_probs if grad is None else grad + from_probs
+    if grad is not None:
+        grad = grad.to(ctx.weights_dtype)
+    return (None, grad) + (None,) * (1 + len(PicksOptions._fields))
+
+
+_register_autograd(plan_from_topk, plan_from_topk_impl, _plan_from_topk_backward, _plan_from_topk_setup)
+
+
+@constant_result
+def picks_capacity(num_tokens: int, top_k: int, num_experts: int, *options: Any) -> Optional[int]:
+    """The capacity of plan_from_topk's plan (a constant to torch.compile)."""
+    return _core.plan_from_topk_layout(num_tokens, top_k, num_experts, PicksOptions(*options))[0]
 
 
 # -------------------------------------------------------------------------------- permute

@@ -9,12 +9,13 @@ from typing import Any, Optional, Tuple, Union
 import torch
 
 from .. import _core
-from .._checks import expect_logits_shape, expect_rows, expect_weights_shape, optional_integer, real
+from .._checks import (expect_logits_shape, expect_picks_shape, expect_rows, expect_weights_shape, integer,
+                       optional_integer, real, shape_error)
 from ..errors import DTypeError
-from ..options import RouteOptions, route_function
-from ..plan import FIELD_NAMES, RoutingPlan, expect_plan
+from ..options import RouteOptions, picks_options, route_function
+from ..plan import FIELD_NAMES, RoutingPlan, expect_plan, expect_routed_plan
 from . import _custom_ops as ops
-from ._convert import check_activation, check_same_device
+from ._convert import check_activation, check_device, check_same_device
 
 Tensor = torch.Tensor
 # The plans of this front: tensors.
@@ -57,6 +58,30 @@ def _expert_choice_capacity(num_tokens: int, num_experts: int, capacity: Optiona
                             capacity_factor: float) -> int:
     """The core's expert-choice capacity (a constant to torch.compile)."""
     return _core.expert_choice_layout(num_tokens, num_experts, capacity, capacity_factor)[0]
+
+
+def plan_from_topk(expert_ids: Tensor, weights: Tensor, num_experts: int, *, capacity: Optional[int] = None,
+                   capacity_factor: Optional[float] = None, min_capacity: int = 0, capacity_multiple: int = 1,
+                   priority: str = "slot", pad_to: int = 1) -> TensorPlan:
+    """moeroute.plan_from_topk for tensors (CPU or CUDA): the plan of picks made elsewhere, e.g. a
+    model's own router's top-k. Differentiable with respect to `weights` (through plan.weights
+    and plan.probs); expert_ids may be any integer dtype (int64, as torch.topk gives, or int32)."""
+    options = picks_options(capacity, capacity_factor, min_capacity, capacity_multiple, priority, pad_to)
+    num_experts = integer(num_experts, "num_experts", 1)
+    if not isinstance(expert_ids, Tensor) or expert_ids.dtype.is_floating_point or expert_ids.dtype.is_complex \
+            or expert_ids.dtype == torch.bool:
+        raise DTypeError(f"expert_ids: got {getattr(expert_ids, 'dtype', type(expert_ids).__name__)}, expected an "
+                         f"integer tensor")
+    check_device(expert_ids, "expert_ids")
+    if expert_ids.dim() != 2:
+        raise shape_error("expert_ids", expert_ids.shape, 2, "tensor")
+    check_activation(weights, "weights")
+    check_same_device(expert_ids, "expert_ids", weights, "weights")
+    expect_picks_shape(weights.shape, expert_ids.shape)
+    outputs: Tuple[Tensor, ...] = ops.call(ops.plan_from_topk, ops.plan_from_topk_impl, expert_ids, weights,
+                                           num_experts, *options)
+    t, k = weights.shape
+    return RoutingPlan._of(outputs, ops.picks_capacity(int(t), int(k), num_experts, *options), "given", "none", 1.0)
 
 
 def permute(x: Tensor, plan: TensorPlan) -> Tensor:
@@ -134,6 +159,7 @@ def combine_backward(grad_y: Tensor, yp: Tensor, plan: TensorPlan,
 def route_backward(grad_weights: Tensor, plan: TensorPlan, logits: Tensor) -> Tensor:
     """moeroute.route_backward for tensors: the gradient of the plan's weights w.r.t. the logits."""
     plan = expect_plan(plan, tensors=True)
+    expect_routed_plan(plan)
     check_activation(logits, "logits")
     expect_logits_shape(logits.shape, plan.probs.shape)
     if not isinstance(grad_weights, Tensor) or not grad_weights.dtype.is_floating_point:

@@ -32,7 +32,7 @@ def _set_experts_implementation(model: nn.Module, name: str) -> int:
     for module in model.modules():
         if _is_experts(module):
             count += 1
-            config = module.config
+            config: Any = module.config
             if getattr(config, "_experts_implementation", None) != name:
                 config._experts_implementation = name  # (the property also sets the config's sub-configs)
     return count

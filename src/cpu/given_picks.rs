@@ -7,17 +7,9 @@ use crate::cpu::token_plan::build_token_plan;
 use crate::dtype::{Accum, Activation};
 use crate::error::Result;
 use crate::routing::capacity::picks_layout;
-use crate::routing::options::CapacityRequest;
-use crate::routing::{Normalize, Priority, RoutingPlan};
+use crate::routing::options::PicksOptions;
+use crate::routing::{Normalize, RoutingPlan};
 use crate::threads::min_len;
-
-/// How a plan from given picks lays out its rows (route's capacity options, without the gating).
-#[derive(Debug, Clone, PartialEq)]
-pub struct PicksOptions {
-    pub capacity: CapacityRequest,
-    pub priority: Priority,
-    pub pad_to: usize,
-}
 
 /// The plan of `expert_ids` / `weights` ([num_tokens, top_k] each, row-major). An id outside
 /// [0, num_experts) (e.g. -1, or an expert-parallel sentinel >= num_experts) is an unused slot:
@@ -84,6 +76,8 @@ pub fn plan_from_picks<W: Activation>(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::routing::options::CapacityRequest;
+    use crate::routing::Priority;
 
     fn options(capacity: Option<usize>, priority: Priority, pad_to: usize) -> PicksOptions {
         PicksOptions { capacity: CapacityRequest { capacity, ..Default::default() }, priority, pad_to }

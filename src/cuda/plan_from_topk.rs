@@ -6,7 +6,7 @@ use super::context::{cuda_error, Device};
 use super::launch::{Args, Launch};
 use super::route::{finalize_weights, lay_out_rows, PlanRows};
 use super::workspace::picks_workspace;
-use crate::cpu::given_picks::PicksOptions;
+use crate::routing::options::PicksOptions;
 use crate::dtype::DType;
 use crate::error::Result;
 use crate::routing::capacity::{picks_layout, Layout};

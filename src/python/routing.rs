@@ -8,10 +8,9 @@ use pyo3::types::PyTuple;
 use super::arrays::{accum_dtype, expect_shape, from_vec, index_snapshot, input, output_slice, slice, with_accum, with_activation, output, Stored};
 use super::errors::{run_kernel, run_task_kernel};
 use crate::cpu;
-use crate::cpu::given_picks::PicksOptions;
 use crate::cpu::route_backward::WeightsGraph;
 use crate::dtype::DType;
-use crate::routing::options::CapacityRequest;
+use crate::routing::options::{CapacityRequest, PicksOptions};
 use crate::routing::validate::{validate_plan as validate, PlanArrays};
 use crate::routing::{self as core_routing, GroupLimit, Normalize, PlanFields, Priority, RouteOptions, RoutingPlan, ScoreFunction,
                      PLAN_FIELDS};

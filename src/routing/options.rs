@@ -88,6 +88,15 @@ pub fn check_num_experts(num_experts: usize) -> Result<()> {
     Ok(())
 }
 
+/// How a plan from given picks (`plan_from_topk`) lays out its rows: route's capacity options,
+/// without the gating.
+#[derive(Debug, Clone, PartialEq)]
+pub struct PicksOptions {
+    pub capacity: CapacityRequest,
+    pub priority: Priority,
+    pub pad_to: usize,
+}
+
 /// Checks that `k` picks per token are possible among `num_experts` experts: k in [1, E].
 pub fn check_top_k(k: usize, num_experts: usize) -> Result<()> {
     let e = num_experts;

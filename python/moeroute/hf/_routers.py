@@ -15,6 +15,29 @@ from ..torch import route
 RouterOutput = Tuple[Tensor, Tensor, Tensor]
 Forward = Callable[..., RouterOutput]
 
+# How exactly a replacement computes what its original does (tests/test_hf.py checks each class):
+# - The router logits are computed by the same torch calls, so they, and the aux losses computed
+#   from them, are the same bits. The index is int64, the weights have the original's dtype.
+# - The picks are the original's, in its slot order (descending selection key, as
+#   torch.topk(sorted=True) returns them; the DeepSeek-V3 kind's original uses sorted=False, an
+#   unspecified order), except: among exactly equal selection keys moeroute takes the lower expert
+#   index, where torch.topk's choice is unspecified (on the CPU often not the lower index); and
+#   keys within a few float32 ulps of each other can be ordered differently, since moeroute's
+#   float32 exp (softmax, sigmoid) can differ from torch's in the last bits. Exact ties are common
+#   in bfloat16 logits; tied picks get equal weights, but a different expert.
+# - The weights agree within float32 rounding (then the original's cast). The DeepSeek-V3 kind's
+#   original divides by sum + 1e-20: the same float32 value as moeroute's sum whenever the sum of
+#   the k picked sigmoid scores is at least 2.3e-13 (below that, every picked logit is under -29).
+# - Top-k of the logits then softmax over the k picks (GPT-OSS, Granite, Aria) is
+#   normalize="topk" on the softmax over all E: the same picks, since softmax is monotonic, and
+#   the same weights up to rounding. Logits more than about 87 below the row's maximum have a
+#   float32 softmax under 1.2e-38 (subnormal or 0, in both), where distinct logits can round to
+#   equal scores that moeroute ties (lower index) while torch.topk ranks the logits; that matters
+#   only when k exceeds the experts above that, and their weights are below 1.2e-38 either way.
+# - The DeepSeek-V3 kind scores a group by the sum of its 2 best keys, moeroute by its
+#   max(1, k // topk_group) best: a router is replaced only where they agree (or where no group
+#   is dropped: n_group == 1 or topk_group == n_group); others stay as they are.
+
 
 @dataclass(frozen=True)
 class RouterKind:
@@ -140,7 +163,7 @@ def _deepseek_forward(self: Any, hidden_states: Tensor) -> RouterOutput:
     """DeepSeek-V3, GLM-4-MoE, Dots1, ...: float32 logits, sigmoid scores, e_score_correction_bias
     only for the selection, groups scored by their 2 best keys, top-k, divided by their sum when
     config.norm_topk_prob, times routed_scaling_factor; weights float32. (The original divides by
-    sum + 1e-20, the same float32 value whenever the sum exceeds about 1.7e-13.)"""
+    sum + 1e-20, the same float32 value whenever the sum is at least 2.3e-13.)"""
     hidden_states = hidden_states.view(-1, self.hidden_dim)
     router_logits = F.linear(hidden_states.type(torch.float32), self.weight.type(torch.float32))
     weights, index = _picks(router_logits, self.top_k, score="sigmoid",

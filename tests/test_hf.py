@@ -192,6 +192,19 @@ def test_router_bfloat16(key):
 
 
 @pytest.mark.parametrize("key", ROUTER_CLASSES, ids=lambda key: key[1])
+def test_router_under_bfloat16_autocast(key):
+    """Under torch.autocast(bfloat16) (logits without ties): the original's dtypes (the logits
+    bfloat16 where its linear is autocast), logits and picks; the weights within bfloat16 rounding."""
+    original, patched = make_router(key)
+    one_hot_router_weight(original)
+    one_hot_router_weight(patched)
+    hidden = distinct_logit_hidden(torch.float32)
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+        got, expected = patched(hidden), original(hidden)
+    assert_same_outputs(got, expected)
+
+
+@pytest.mark.parametrize("key", ROUTER_CLASSES, ids=lambda key: key[1])
 def test_router_ties(key):
     """Exact ties (every logit equal, or the first half equal and the rest lower): moeroute picks
     the lower expert indices (0..k-1, slot order), the original some k of the tied experts (torch.topk

@@ -162,15 +162,17 @@ def _deepseek_unsupported(router: Any) -> Optional[str]:
 def _deepseek_forward(self: Any, hidden_states: Tensor) -> RouterOutput:
     """DeepSeek-V3, GLM-4-MoE, Dots1, ...: float32 logits, sigmoid scores, e_score_correction_bias
     only for the selection, groups scored by their 2 best keys, top-k, divided by their sum when
-    config.norm_topk_prob, times routed_scaling_factor; weights float32. (The original divides by
-    sum + 1e-20, the same float32 value whenever the sum is at least 2.3e-13.)"""
+    config.norm_topk_prob, times routed_scaling_factor; weights in the logits' dtype (float32, or
+    bfloat16 under a bfloat16 autocast, where the original computes them in bfloat16 and moeroute
+    in float32, so it selects on scores rounded to bfloat16 and moeroute on float32 scores). (The
+    original divides by sum + 1e-20, the same float32 value whenever the sum is at least 2.3e-13.)"""
     hidden_states = hidden_states.view(-1, self.hidden_dim)
     router_logits = F.linear(hidden_states.type(torch.float32), self.weight.type(torch.float32))
     weights, index = _picks(router_logits, self.top_k, score="sigmoid",
                             normalize="topk" if self.norm_topk_prob else "none",
                             scale=float(self.routed_scaling_factor), bias=self.e_score_correction_bias,
                             **_group_options(self))
-    return router_logits, weights, index
+    return router_logits, weights.to(router_logits.dtype), index
 
 
 # --- top-k of the logits, softmax over the k picks --------------------------------------------------

@@ -1,4 +1,5 @@
-"""moeroute.hf.patch: puts a transformers MoE model's experts on the "moeroute" backend and its routers on moeroute.route, in place."""
+"""moeroute.hf.patch: puts a transformers MoE model's experts on the "moeroute" backend and its
+routers on moeroute.route, in place."""
 
 from __future__ import annotations
 

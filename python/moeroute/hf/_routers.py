@@ -1,4 +1,5 @@
-"""Replacement routers for transformers' MoE families: each computes its family's routing (scores, top-k, weights) with one moeroute.route call and returns what the original router returns."""
+"""Replacement routers for transformers' MoE families: each computes its family's routing (scores,
+top-k, weights) with one moeroute.route call and returns what the original router returns."""
 
 from __future__ import annotations
 
@@ -147,7 +148,8 @@ def _deepseek_unsupported(router: Any) -> Optional[str]:
     num_experts, k = int(router.num_experts), int(router.top_k)
     num_groups, topk_groups = int(router.num_group), int(router.topk_group)
     if num_groups < 1 or num_experts % num_groups or not 1 <= topk_groups <= num_groups or not 1 <= k <= num_experts:
-        return f"n_group={num_groups}, topk_group={topk_groups} with {num_experts} experts and top-{k} is not a valid group limit"
+        return (f"n_group={num_groups}, topk_group={topk_groups} with {num_experts} experts and top-{k} is not "
+                f"a valid group limit")
     if not _group_options(router):
         return None
     per_group = max(1, k // topk_groups)
@@ -247,7 +249,8 @@ _register(DEEPSEEK, "deepseek_v3:DeepseekV3TopkRouter", "glm4_moe:Glm4MoeTopkRou
           "glm4_moe_lite:Glm4MoeLiteTopkRouter", "glm4v_moe:Glm4vMoeTextTopkRouter", "glm5_next:Glm5NextTextTopkRouter",
           "glm_moe_dsa:GlmMoeDsaTopkRouter", "deepseek_v32:DeepseekV32TopkRouter", "kimi_linear:KimiLinearTopkRouter",
           "exaone_moe:ExaoneMoeTopkRouter", "solar_open:SolarOpenTopkRouter", "mimo_v2_flash:MiMoV2FlashTopkRouter",
-          "bailing_hybrid:BailingHybridTopkRouter", "nemotron_h:NemotronHTopkRouter", "dots3_note:Dots3NoteTextTopkRouter",
+          "bailing_hybrid:BailingHybridTopkRouter", "nemotron_h:NemotronHTopkRouter",
+          "dots3_note:Dots3NoteTextTopkRouter",
           "hy_v4:HYV4TopkRouter", "hy_v4_vl:HYV4VLTopkRouter", "axk1:AXK1TopkRouter")
 _register(GPT_OSS, "gpt_oss:GptOssTopKRouter")
 _register(GRANITE, "granitemoe:GraniteMoeTopKRouter", "granitemoeshared:GraniteMoeSharedTopKRouter",

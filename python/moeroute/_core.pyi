@@ -104,6 +104,9 @@ def combine_backward(
     grad_y: np.ndarray, yp: np.ndarray, dtype_name: str, dest: np.ndarray, src: np.ndarray, weights: np.ndarray,
 ) -> Tuple[np.ndarray, np.ndarray]: ...  # (grad_yp, grad_weights)
 
+# Expert parallelism: rows in a grid of blocks (counts [A, B] int64), a-major to b-major.
+def regroup(rows: np.ndarray, dtype_name: str, counts: np.ndarray) -> np.ndarray: ...
+
 # Losses.
 def noisy_load_probs(clean: np.ndarray, noisy: np.ndarray, noise_std: np.ndarray, k: int) -> np.ndarray: ...
 
@@ -129,6 +132,9 @@ def cuda_expert_choice(
     capacity: Optional[int], capacity_factor: float, outputs: Tuple[int, int, int, int, int, int, int, int],
     workspace: int, workspace_bytes: int,
 ) -> None: ...
+def cuda_regroup_workspace(a_blocks: int, b_blocks: int) -> int: ...  # bytes
+def cuda_regroup(device: int, stream: int, dtype_name: str, x: int, rows: int, hidden: int, counts: int, a_blocks: int,
+                 b_blocks: int, workspace: int, out: int) -> None: ...
 def cuda_permute(device: int, stream: int, dtype_name: str, x: int, tokens: int, hidden: int, src: int, xp: int,
                  rows: int) -> None: ...
 def cuda_combine(device: int, stream: int, dtype_name: str, rows: int, num_rows: int, hidden: int, dest: int,

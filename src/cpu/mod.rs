@@ -1,5 +1,5 @@
 //! CPU kernels (rayon) on plain slices: gating, plan construction, expert choice, permute,
-//! combine and the backward passes.
+//! combine, the backward passes and the expert-parallel regroup.
 
 pub mod combine;
 pub mod combine_backward;
@@ -10,6 +10,7 @@ pub mod gating;
 pub mod indices;
 pub mod noisy_load;
 pub mod permute;
+pub mod regroup;
 pub mod route;
 pub mod route_backward;
 pub mod scores;

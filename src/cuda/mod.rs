@@ -11,6 +11,7 @@ pub mod launch;
 pub mod permute;
 pub mod permute_backward;
 pub mod plan_from_topk;
+pub mod regroup;
 pub mod route;
 pub mod route_backward;
 pub mod workspace;

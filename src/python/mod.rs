@@ -8,6 +8,7 @@ mod errors;
 mod losses;
 mod ops;
 mod panics;
+mod regroup;
 mod routing;
 
 use pyo3::exceptions::PyOverflowError;
@@ -74,6 +75,7 @@ fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<buffer_pool::PooledBuffer>()?;
     routing::register(m)?;
     ops::register(m)?;
+    regroup::register(m)?;
     losses::register(m)?;
     cuda::register(m)?;
     Ok(())

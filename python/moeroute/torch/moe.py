@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Dict, Optional, Sequence, Tuple
+from typing import TYPE_CHECKING, Any, Dict, Optional, Sequence, Tuple
 
 import torch
 import torch.nn.functional as F
@@ -22,6 +22,9 @@ from . import losses as _losses
 from .experts import ModuleExperts, StackedFFN, matmul_dtype
 from ._gate import gate_and_rows
 from .ops import expert_choice, route_with_options
+
+if TYPE_CHECKING:
+    from .distributed._layer import ExpertParallel
 
 
 @dataclass
@@ -58,6 +61,12 @@ class MoE(nn.Module):
             bias per expert, updated after each training forward by rate * sign(mean load - load).
         load_balancing_coef, z_loss_coef, importance_coef, noisy_load_coef: weights of the
             auxiliary losses summed into `aux_loss` after each forward.
+        expert_parallel_group: a torch.distributed process group (torch.distributed.group.WORLD for
+            the default one): build the layer expert-parallel, holding only this rank's num_experts / W
+            experts (`experts` may then list all E modules or only this rank's); see
+            moeroute.torch.distributed (shard_moe, load_full_state_dict) and
+            docs/expert-parallel.md.
+        same_num_tokens, global_stats: expert-parallel options (see shard_moe).
 
     Call it on a (..., hidden_size) tensor of the layer's dtype and device; it returns the same
     shape (see `forward`). After each forward: `aux_loss` (0-d tensor to add to the training
@@ -104,6 +113,9 @@ class MoE(nn.Module):
         z_loss_coef: float = 0.0,
         importance_coef: float = 0.0,
         noisy_load_coef: float = 0.0,
+        expert_parallel_group: Any = None,
+        same_num_tokens: bool = False,
+        global_stats: bool = False,
     ) -> None:
         """Builds the layer: a bias-free router nn.Linear(hidden_size, num_experts), the experts
         (default: StackedFFN with `activation`) and the routing options, checked here (ArgumentError
@@ -117,8 +129,17 @@ class MoE(nn.Module):
             raise ArgumentError(f"routing: got {routing!r}, expected 'token' or 'expert'")
         if routing == "token":
             check_top_k(top_k, num_experts, "top_k")
-        if experts is not None and len(experts) != num_experts:
-            raise ArgumentError(f"experts: got {len(experts)} modules, expected num_experts = {num_experts}")
+        self.expert_parallel: Optional[ExpertParallel] = None
+        if expert_parallel_group is not None:
+            from .distributed._layer import ExpertParallel as _EP
+            self.expert_parallel = _EP(expert_parallel_group, num_experts, same_num_tokens, global_stats)
+        elif same_num_tokens or global_stats:
+            raise ArgumentError("same_num_tokens, global_stats: given without expert_parallel_group, expected "
+                                "them only for an expert-parallel layer")
+        local = num_experts if self.expert_parallel is None else self.expert_parallel.num_local_experts
+        if experts is not None and len(experts) not in (num_experts, local):
+            expected = f"num_experts = {num_experts}" + (f" or this rank's {local}" if local != num_experts else "")
+            raise ArgumentError(f"experts: got {len(experts)} modules, expected {expected}")
         ffn_size = optional_integer(ffn_size, "ffn_size", 1)
         if experts is None:
             choice(activation, "activation", ("swiglu", "gelu"))
@@ -143,9 +164,14 @@ class MoE(nn.Module):
         self.register_buffer("expert_bias", torch.zeros(num_experts), persistent=True)
         if experts is None:
             default_ffn = (8 * hidden_size + 2) // 3 if activation == "swiglu" else 4 * hidden_size
-            self.experts: nn.Module = StackedFFN(num_experts, hidden_size, ffn_size or default_ffn, activation)
-        else:
+            self.experts: nn.Module = StackedFFN(local, hidden_size, ffn_size or default_ffn, activation)
+        elif self.expert_parallel is None:
             self.experts = ModuleExperts(experts)
+        else:
+            from .distributed._shard import LocalModuleExperts
+            first = self.expert_parallel.first_expert
+            mine = experts[first:first + local] if len(experts) == num_experts else experts
+            self.experts = LocalModuleExperts(list(mine), first)
         self.coefficients = dict(load_balancing=load_balancing_coef, z_loss=z_loss_coef,
                                  importance=importance_coef, noisy_load=noisy_load_coef)
         self.aux_loss: torch.Tensor = torch.zeros(())
@@ -221,6 +247,8 @@ class MoE(nn.Module):
 
         See docs/semantics.md (section 13) for the details and the routing ops' exact rules.
         """
+        if self.expert_parallel is not None:
+            return self.expert_parallel.forward(self, x)
         self._check_input(x)
         shape = x.shape
         tokens = x.reshape(-1, self.hidden_size)
@@ -277,7 +305,11 @@ class MoE(nn.Module):
         return route_with_options(logits, o)
 
     def _record(self, plan: RoutingPlan[torch.Tensor], clean: torch.Tensor, logits: torch.Tensor,
-                noise_std: Optional[torch.Tensor]) -> None:
+                noise_std: Optional[torch.Tensor], load: Optional[torch.Tensor] = None,
+                stats: Optional[RoutingStats] = None) -> None:
+        """Sets aux_loss, losses and stats, and updates the bias in training. `load` (picks per
+        expert for the bias update) and `stats` replace the plan's own (expert parallelism gives
+        the group's)."""
         terms: Dict[str, torch.Tensor] = {}
         c = self.coefficients
         if c["load_balancing"]:
@@ -290,12 +322,12 @@ class MoE(nn.Module):
             terms["noisy_load"] = _losses.noisy_load_loss(clean, noise_std, logits.detach(), self.top_k)
         self.losses = terms
         self.aux_loss = sum((c[name] * value for name, value in terms.items()), clean.new_zeros(()))
-        self.stats = RoutingStats(plan.tokens_per_expert.detach(), plan.assigned_per_expert.detach(),
-                                  plan.num_dropped, plan.capacity)
+        self.stats = stats if stats is not None else RoutingStats(plan.tokens_per_expert.detach(), plan.assigned_per_expert.detach(),
+                                           plan.num_dropped, plan.capacity)
         if self.training and self.bias_update_rate > 0:
             with torch.no_grad():
-                load = plan.assigned_per_expert.to(self.expert_bias.dtype)
-                self.expert_bias += self.bias_update_rate * torch.sign(load.mean() - load)
+                picks = (plan.assigned_per_expert if load is None else load).to(self.expert_bias.dtype)
+                self.expert_bias += self.bias_update_rate * torch.sign(picks.mean() - picks)
 
 
 def aux_loss(model: nn.Module) -> torch.Tensor:

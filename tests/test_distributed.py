@@ -79,3 +79,26 @@ def test_expert_parallel(world: int, check: str, tmp_path_factory: pytest.TempPa
         if outcome != "ok":
             failures.append(f"rank {rank}:\n{outcome}")
     assert not failures, "\n".join(failures)
+
+
+def test_torchrun_demo_expert_parallel(tmp_path):
+    """`torchrun --nproc-per-node 2 -m moeroute demo --expert-parallel` (quick mode) trains and reports."""
+    pytest.importorskip("sklearn")
+    pytest.importorskip("matplotlib")
+    import subprocess
+
+    png = tmp_path / "load.png"
+    command = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", "--master-port",
+               str(_free_port()), "-m", "moeroute", "demo", "--expert-parallel", "--quick", "--out", str(png)]
+    result = subprocess.run(command, capture_output=True, text=True, timeout=180, cwd=tmp_path)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "expert parallelism: 2 processes (gloo, CPU), each holding 4 of the 8 experts" in result.stdout
+    assert "final test accuracy: " in result.stdout and png.exists()
+
+
+def test_demo_expert_parallel_without_torchrun_says_how(monkeypatch):
+    from moeroute._demo_ep import ExpertParallelRun
+
+    monkeypatch.delenv("RANK", raising=False)
+    with pytest.raises(SystemExit, match="torchrun --nproc-per-node 2 -m moeroute demo --expert-parallel"):
+        ExpertParallelRun()

@@ -6,12 +6,13 @@ import argparse
 import os
 import random
 import time
-from typing import Dict, List, Tuple
+from typing import Dict, List, Optional, Tuple
 
 import numpy as np
 import torch
 from torch import nn
 
+from ._demo_ep import ExpertParallelRun, start
 from .torch import MoE, aux_loss
 
 NUM_CLASSES = 10
@@ -56,6 +57,9 @@ def parse_args(argv=None) -> argparse.Namespace:
                         help="torch intra-op threads (default 1: these matmuls are tiny, and more threads "
                              "only add contention, badly so on a busy machine)")
     parser.add_argument("--quick", action="store_true", help="a tiny run (1 epoch, 5 steps), for tests")
+    parser.add_argument("--expert-parallel", action="store_true",
+                        help="under torchrun: split every MoE layer's experts over the processes (gloo, CPU), "
+                             "each training on its share of every batch")
     return parser.parse_args(argv)
 
 
@@ -78,12 +82,18 @@ def load_data(seed: int) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor, torc
     return as_x(x_train), as_y(y_train), as_x(x_test), as_y(y_test)
 
 
-def accuracy(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> float:
+def accuracy(model: nn.Module, x: torch.Tensor, y: torch.Tensor, ep: Optional[ExpertParallelRun] = None) -> float:
+    """Test accuracy (with expert parallelism, each rank scores its share and the counts are summed)."""
     model.eval()
+    if ep is not None:
+        share = ep.my_share(torch.arange(len(y)))
+        x, y = x[share], y[share]
     with torch.no_grad():
-        correct = (model(x).argmax(dim=1) == y).float().mean().item()
+        correct = float((model(x).argmax(dim=1) == y).sum().item())
     model.train()
-    return correct
+    if ep is not None:
+        return ep.total([correct])[0] / ep.total([float(len(y))])[0]
+    return correct / len(y)
 
 
 def eta(started: float, done: int, total: int) -> str:
@@ -92,8 +102,11 @@ def eta(started: float, done: int, total: int) -> str:
     return f"{seconds // 60}:{seconds % 60:02d}"
 
 
-def train(model: DigitsMoE, data, epochs: int, batch: int, max_steps: int, gen: torch.Generator) -> List[np.ndarray]:
-    """AdamW on full mini-batches; prints one line per epoch; returns layer 1's kept picks per expert per step."""
+def train(model: DigitsMoE, data, epochs: int, batch: int, max_steps: int, gen: torch.Generator,
+          ep: Optional[ExpertParallelRun] = None) -> List[np.ndarray]:
+    """AdamW on full mini-batches; prints one line per epoch; returns layer 1's kept picks per expert per step.
+    With expert parallelism each rank trains on its share of every batch (the same batches)."""
+    say = print if ep is None or ep.rank == 0 else (lambda *a, **k: None)
     x_train, y_train, x_test, y_test = data
     opt = torch.optim.AdamW(model.parameters(), lr=3e-3, weight_decay=1e-2)
     sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=epochs * (len(x_train) // batch))
@@ -106,10 +119,14 @@ def train(model: DigitsMoE, data, epochs: int, batch: int, max_steps: int, gen: 
         steps = 0
         for start in range(0, len(order) - batch + 1, batch):
             idx = order[start:start + batch]
+            if ep is not None:
+                idx = ep.my_share(idx)
             task = nn.functional.cross_entropy(model(x_train[idx]), y_train[idx])
             aux = aux_loss(model)
             opt.zero_grad()
-            (task + aux).backward()
+            ((task + aux) / (1 if ep is None else ep.world)).backward()
+            if ep is not None:
+                ep.average_replicated_gradients()
             opt.step()
             sched.step()
             load.append(first.stats.tokens_per_expert.numpy().copy())
@@ -121,9 +138,12 @@ def train(model: DigitsMoE, data, epochs: int, batch: int, max_steps: int, gen: 
             if len(load) >= max_steps:
                 break
         m = {name: value / steps for name, value in sums.items()}
-        print(f"epoch {epoch:3d}/{epochs}  loss {m['task'] + m['aux']:.4f} (task {m['task']:.4f} + aux {m['aux']:.4f})"
+        if ep is not None:
+            m = dict(zip(m, ep.mean(list(m.values()))))
+        acc = accuracy(model, x_test, y_test, ep)
+        say(f"epoch {epoch:3d}/{epochs}  loss {m['task'] + m['aux']:.4f} (task {m['task']:.4f} + aux {m['aux']:.4f})"
               f"  layer-1 balance loss {m['lb']:.3f}  dropped {100 * m['drop']:4.1f}%"
-              f"  test acc {100 * accuracy(model, x_test, y_test):5.1f}%  eta {eta(started, epoch, epochs)}", flush=True)
+              f"  test acc {100 * acc:5.1f}%  eta {eta(started, epoch, epochs)}", flush=True)
         if len(load) >= max_steps:
             break
     return load
@@ -199,21 +219,41 @@ def main(argv=None) -> int:
 
 def run(args: argparse.Namespace) -> int:
     started = time.perf_counter()
+    ep = start(args.expert_parallel)
+    try:
+        return _run(args, started, ep)
+    finally:
+        if ep is not None:
+            ep.close()
+
+
+def _run(args: argparse.Namespace, started: float, ep: Optional[ExpertParallelRun]) -> int:
     gen = seed_everything(args.seed)
     data = load_data(args.seed)
     epochs, max_steps, batch = (1, 5, 64) if args.quick else (args.epochs, 10**9, 64)
     model = DigitsMoE()
+    if ep is not None:
+        ep.shard(model)
     first = model.blocks[0].moe
-    print(f"moeroute demo: digits, {len(data[0])} train / {len(data[2])} test images; H=64, "
-          f"{len(model.blocks)} MoE blocks of E={first.num_experts}, top-{first.top_k}, capacity factor 1.25; "
-          f"{sum(p.numel() for p in model.parameters())} parameters; torch threads: {torch.get_num_threads()}")
-    load = train(model, data, epochs, batch, max_steps, gen)
+    if ep is not None and ep.rank == 0:
+        print(f"expert parallelism: {ep.world} processes (gloo, CPU), each holding {first.num_experts // ep.world} "
+              f"of the {first.num_experts} experts of every MoE layer and training on 1/{ep.world} of every batch")
+    if ep is None or ep.rank == 0:
+        print(f"moeroute demo: digits, {len(data[0])} train / {len(data[2])} test images; H=64, "
+              f"{len(model.blocks)} MoE blocks of E={first.num_experts}, top-{first.top_k}, capacity factor 1.25; "
+              f"{sum(p.numel() for p in model.parameters())} parameters{'' if ep is None else ' on this rank'}; "
+              f"torch threads: {torch.get_num_threads()}")
+    load = train(model, data, epochs, batch, max_steps, gen, ep)
     x_test, y_test = data[2], data[3]
-    print(f"\nfinal test accuracy: {100 * accuracy(model, x_test, y_test):.1f}% ({len(y_test)} images)")
+    final = accuracy(model, x_test, y_test, ep)
+    if ep is not None and ep.rank != 0:
+        return 0  # (rank 0 reports)
+    print(f"\nfinal test accuracy: {100 * final:.1f}% ({len(y_test)} images)")
     plan = first_layer_plan(model, x_test)
     print_specialization(specialization(plan, y_test.numpy(), first.num_experts))
     print_balance(plan, len(y_test))
-    capacity = first.plan(torch.zeros(batch, first.num_experts)).capacity  # per expert, per training batch
+    world = 1 if ep is None else ep.world  # (with expert parallelism: each rank's capacity, over the world)
+    capacity = first.plan(torch.zeros(batch // world, first.num_experts)).capacity * world  # per training batch
     out = os.path.abspath(args.out)
     plot_load(load, out, batch, first.top_k, capacity)
     print(f"\nexpert-load plot saved to {out}")

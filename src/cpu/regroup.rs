@@ -2,12 +2,13 @@
 //! a-major to b-major — an expert-parallel all-to-all's received rows, source-rank-major, into
 //! local-expert-major segments; with the counts transposed, the way back.
 
-use crate::cpu::permute::permute;
+use crate::cpu::stream::{copy_row, fence, worth_streaming};
 use crate::error::{Error, Result};
+use crate::threads::for_each_chunk_mut;
 
-/// For each output row (blocks in b-major order), the input row (blocks in a-major order) it takes.
-/// `counts` is [a_blocks, b_blocks] row-major; every count must be >= 0 and they must sum to `rows`.
-pub fn regroup_sources(counts: &[i64], a_blocks: usize, b_blocks: usize, rows: usize) -> Result<Vec<i32>> {
+/// The checks of a regroup's counts: [a_blocks, b_blocks] of them, each >= 0, summing to `rows`
+/// (which must fit the int32 row index).
+fn check_counts(counts: &[i64], a_blocks: usize, b_blocks: usize, rows: usize) -> Result<()> {
     if counts.len() != a_blocks * b_blocks {
         return Err(Error::Shape { arg: "counts", got: vec![counts.len()], expected: format!("[{a_blocks}, {b_blocks}]") });
     }
@@ -21,26 +22,46 @@ pub fn regroup_sources(counts: &[i64], a_blocks: usize, b_blocks: usize, rows: u
     if rows > i32::MAX as usize {
         return Err(Error::IndexOverflow { arg: "rows", what: "rows", value: rows as u128, limit: i32::MAX as i64 });
     }
-    // starts[a * b_blocks + b]: the first input row of block (a, b).
+    Ok(())
+}
+
+/// Output rows per parallel task.
+const ROWS_PER_TASK: usize = 64;
+
+/// A run of rows that is contiguous in both the input and the output.
+#[derive(Debug, Clone, Copy)]
+struct Piece {
+    out_start: usize,
+    in_start: usize,
+    len: usize,
+}
+
+/// The non-empty blocks in output order, as pieces (after checking the counts).
+fn pieces(counts: &[i64], a_blocks: usize, b_blocks: usize, rows: usize) -> Result<Vec<Piece>> {
+    check_counts(counts, a_blocks, b_blocks, rows)?;
     let mut starts = Vec::with_capacity(counts.len());
     let mut next = 0usize;
     for &c in counts {
         starts.push(next);
         next += c as usize;
     }
-    let mut sources = Vec::with_capacity(rows);
+    let mut out = Vec::new();
+    let mut at = 0usize;
     for b in 0..b_blocks {
         for a in 0..a_blocks {
             let block = a * b_blocks + b;
-            let start = starts[block];
-            sources.extend((start..start + counts[block] as usize).map(|r| r as i32));
+            let len = counts[block] as usize;
+            if len > 0 {
+                out.push(Piece { out_start: at, in_start: starts[block], len });
+                at += len;
+            }
         }
     }
-    Ok(sources)
+    Ok(out)
 }
 
 /// Writes `out` ([rows, hidden]) with the rows of `x` ([rows, hidden]) regrouped from a-major to
-/// b-major blocks. Works on any element type: it only moves bits.
+/// b-major blocks: each block is one contiguous copy. Works on any element type: it only moves bits.
 #[allow(clippy::too_many_arguments)]
 pub fn regroup<A: Copy + Send + Sync>(
     x: &[A],
@@ -49,12 +70,29 @@ pub fn regroup<A: Copy + Send + Sync>(
     counts: &[i64],
     a_blocks: usize,
     b_blocks: usize,
-    zero: A,
     out: &mut [A],
 ) -> Result<()> {
     assert_eq!(x.len(), rows * hidden, "regroup: x is not [rows, hidden]");
-    let sources = regroup_sources(counts, a_blocks, b_blocks, rows)?;
-    permute(x, rows, hidden, &sources, zero, out)
+    assert_eq!(out.len(), rows * hidden, "regroup: out is not [rows, hidden]");
+    let pieces = pieces(counts, a_blocks, b_blocks, rows)?;
+    if hidden == 0 || rows == 0 {
+        return Ok(());
+    }
+    let streaming = worth_streaming(std::mem::size_of_val(out));
+    for_each_chunk_mut(out, ROWS_PER_TASK * hidden, |task, chunk| {
+        let (first, last) = (task * ROWS_PER_TASK, task * ROWS_PER_TASK + chunk.len() / hidden);
+        // the first piece ending after `first`
+        let mut i = pieces.partition_point(|p| p.out_start + p.len <= first);
+        while i < pieces.len() && pieces[i].out_start < last {
+            let p = pieces[i];
+            let (lo, hi) = (p.out_start.max(first), (p.out_start + p.len).min(last));
+            let from = p.in_start + (lo - p.out_start);
+            copy_row(&mut chunk[(lo - first) * hidden..(hi - first) * hidden], &x[from * hidden..(from + hi - lo) * hidden], streaming);
+            i += 1;
+        }
+        fence(streaming);
+    });
+    Ok(())
 }
 
 #[cfg(test)]
@@ -91,22 +129,34 @@ mod tests {
             let rows = counts.iter().sum::<i64>() as usize;
             let x: Vec<u32> = (0..rows * hidden).map(|i| i as u32).collect();
             let mut out = vec![u32::MAX; rows * hidden];
-            regroup(&x, rows, hidden, &counts, a_blocks, b_blocks, 0, &mut out).unwrap();
+            regroup(&x, rows, hidden, &counts, a_blocks, b_blocks, &mut out).unwrap();
             assert_eq!(out, reference(&x, hidden, &counts, a_blocks, b_blocks));
             let transposed: Vec<i64> = (0..b_blocks * a_blocks).map(|i| counts[(i % a_blocks) * b_blocks + i / a_blocks]).collect();
             let mut back = vec![u32::MAX; rows * hidden];
-            regroup(&out, rows, hidden, &transposed, b_blocks, a_blocks, 0, &mut back).unwrap();
+            regroup(&out, rows, hidden, &transposed, b_blocks, a_blocks, &mut back).unwrap();
             assert_eq!(back, x);
         }
+    }
+
+    #[test]
+    fn large_outputs_written_with_streaming_stores_match_the_reference() {
+        let (a_blocks, b_blocks, hidden) = (3, 5, 1024);
+        let counts: Vec<i64> = (0..15).map(|i| 300 + 37 * (i % 4) as i64).collect();
+        let rows = counts.iter().sum::<i64>() as usize;
+        assert!(crate::cpu::stream::worth_streaming(rows * hidden * 4));
+        let x: Vec<u32> = (0..rows * hidden).map(|i| i as u32).collect();
+        let mut out = vec![0u32; rows * hidden];
+        regroup(&x, rows, hidden, &counts, a_blocks, b_blocks, &mut out).unwrap();
+        assert!(out == reference(&x, hidden, &counts, a_blocks, b_blocks));
     }
 
     #[test]
     fn bad_counts_are_errors() {
         let x = [0u32; 4];
         let mut out = [0u32; 4];
-        assert!(matches!(regroup(&x, 4, 1, &[1, 2, 1], 2, 2, 0, &mut out), Err(Error::Shape { .. })));
-        assert!(matches!(regroup(&x, 4, 1, &[1, 2, 1, 1], 2, 2, 0, &mut out), Err(Error::Argument { .. })));
-        assert!(matches!(regroup(&x, 4, 1, &[5, -1, 0, 0], 2, 2, 0, &mut out), Err(Error::Argument { .. })));
-        assert!(regroup(&[0u32; 0], 0, 1, &[], 0, 3, 0, &mut []).is_ok());
+        assert!(matches!(regroup(&x, 4, 1, &[1, 2, 1], 2, 2, &mut out), Err(Error::Shape { .. })));
+        assert!(matches!(regroup(&x, 4, 1, &[1, 2, 1, 1], 2, 2, &mut out), Err(Error::Argument { .. })));
+        assert!(matches!(regroup(&x, 4, 1, &[5, -1, 0, 0], 2, 2, &mut out), Err(Error::Argument { .. })));
+        assert!(regroup(&[0u32; 0], 0, 1, &[], 0, 3, &mut []).is_ok());
     }
 }

@@ -9,7 +9,7 @@ use super::errors::run_task_kernel;
 use crate::cpu;
 use crate::cuda::regroup::{regroup_workspace, Blocks};
 use crate::cuda::{self, Rows};
-use crate::dtype::{Activation, DType};
+use crate::dtype::DType;
 
 /// regroup(rows, dtype, counts) -> out: rows ([N, H]) in blocks of counts ([A, B] int64, summing
 /// to N) in a-major order, returned in b-major order.
@@ -27,7 +27,7 @@ fn regroup<'py>(py: Python<'py>, rows: &Bound<'py, PyAny>, dtype_name: &str, cou
         let out = output::<<A as Stored>::Storage>(py, &[n, h])?;
         let mut guard = out.readwrite();
         let y = A::view_mut(output_slice(&mut guard)?);
-        run_task_kernel(py, n * h, || cpu::regroup::regroup(x, n, h, &counts, a, b, <A as Activation>::ZERO, y))?;
+        run_task_kernel(py, n * h, || cpu::regroup::regroup(x, n, h, &counts, a, b, y))?;
         drop(guard);
         Ok(out.into_any())
     })

@@ -97,7 +97,7 @@ def test_torchrun_demo_expert_parallel(tmp_path):
 
 
 def test_demo_expert_parallel_without_torchrun_says_how(monkeypatch):
-    from moeroute._demo_ep import ExpertParallelRun
+    from moeroute._demo import ExpertParallelRun
 
     monkeypatch.delenv("RANK", raising=False)
     with pytest.raises(SystemExit, match="torchrun --nproc-per-node 2 -m moeroute demo --expert-parallel"):

@@ -102,3 +102,95 @@ def test_demo_expert_parallel_without_torchrun_says_how(monkeypatch):
     monkeypatch.delenv("RANK", raising=False)
     with pytest.raises(SystemExit, match="torchrun --nproc-per-node 2 -m moeroute demo --expert-parallel"):
         ExpertParallelRun()
+
+
+# ---------------------------------------------------------------- regroup alone, one process
+
+from hypothesis import given, settings, strategies as st  # noqa: E402
+
+import moeroute  # noqa: E402
+from moeroute import _core  # noqa: E402
+from moeroute.torch.distributed import regroup  # noqa: E402
+
+DTYPES = [torch.float32, torch.float64, torch.float16, torch.bfloat16]
+
+
+def _regroup_reference(rows, counts):
+    """The blocks cut out in a-major order and pasted in b-major order."""
+    a, b = counts.shape
+    blocks = list(rows.split(counts.flatten().tolist()))
+    return torch.cat([blocks[i * b + j] for j in range(b) for i in range(a)]) if blocks else rows.clone()
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.integers(1, 6), st.integers(1, 6), st.integers(0, 9), st.sampled_from(DTYPES), st.data())
+def test_regroup_against_its_definition(a, b, hidden, dtype, data):
+    counts = torch.tensor(data.draw(st.lists(st.integers(0, 5), min_size=a * b, max_size=a * b))).view(a, b)
+    rows = torch.randn(int(counts.sum()), hidden).to(dtype)
+    out = regroup(rows, counts)
+    assert torch.equal(out, _regroup_reference(rows, counts))
+    assert torch.equal(regroup(out, counts.t()), rows)
+
+
+def test_regroup_gradcheck():
+    counts = torch.tensor([[2, 0, 1], [1, 3, 0]])
+    rows = torch.randn(7, 3, dtype=torch.float64, requires_grad=True)
+    assert torch.autograd.gradcheck(lambda r: regroup(r, counts), (rows,))
+
+
+@pytest.mark.skipif(moeroute.cuda_available(), reason="an NVIDIA driver is present")
+def test_cuda_regroup_without_a_driver_raises_cuda_error():
+    # Fake device pointers: the driver check comes before any of them is used.
+    with pytest.raises(moeroute.CudaError, match="no NVIDIA driver"):
+        _core.cuda_regroup(0, 0, "float32", 16, 4, 8, 32, 2, 2, 48, 64)
+    assert _core.cuda_regroup_workspace(2, 3) == 13 * 8  # host arithmetic, no driver needed
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_cuda_regroup_matches_the_cpu():
+    g = torch.Generator().manual_seed(0)
+    for dtype in DTYPES:
+        for hidden in (1, 3, 8, 64, 1000):
+            counts = torch.randint(0, 5, (4, 3), generator=g)
+            rows = torch.randn(int(counts.sum()), hidden, generator=g).to(dtype)
+            got = regroup(rows.cuda(), counts.cuda())
+            assert torch.equal(got.cpu(), regroup(rows, counts))
+            assert torch.equal(regroup(got, counts.t().cuda()).cpu(), rows)
+    rows = torch.randn(int(counts.sum()), 5, dtype=torch.float64, device="cuda", requires_grad=True)
+    assert torch.autograd.gradcheck(lambda r: regroup(r, counts.cuda()), (rows,))
+
+
+GPU_WORLD_OF_ONE = """
+import datetime, torch, torch.distributed as dist
+from moeroute.torch import MoE
+from moeroute.torch.distributed import shard_moe
+dist.init_process_group("nccl", init_method="tcp://127.0.0.1:{port}", rank=0, world_size=1,
+                        timeout=datetime.timedelta(seconds=60))
+torch.cuda.set_device(0)
+for options in ({{}}, {{"capacity": 6}}, {{"capacity_factor": 1.0}}, {{"pad_to": 4}}):
+    torch.manual_seed(0)
+    full = MoE(32, 4, 2, ffn_size=16, **options).cuda()
+    sharded = shard_moe(full)
+    x = torch.randn(40, 32, device="cuda")
+    xa, xb = x.clone().requires_grad_(), x.clone().requires_grad_()
+    ya, yb = full(xa), sharded(xb)
+    torch.testing.assert_close(yb, ya, rtol=1e-4, atol=1e-4)
+    ya.square().sum().backward(); yb.square().sum().backward()
+    torch.testing.assert_close(xb.grad, xa.grad, rtol=1e-4, atol=1e-4)
+    torch.testing.assert_close(sharded.experts.w_up.grad, full.experts.w_up.grad, rtol=1e-4, atol=1e-4)
+dist.destroy_process_group()
+print("ok")
+"""
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available() or not dist.is_nccl_available(), reason="needs a CUDA device and NCCL")
+def test_cuda_expert_parallel_world_of_one_matches_the_full_layer():
+    """One GPU: a sharded layer in an NCCL group of one against the full layer (the exchange, the
+    CUDA regroup and the layer's checks on the GPU; the multi-rank exchange is the CPU tests')."""
+    import subprocess
+
+    result = subprocess.run([sys.executable, "-c", GPU_WORLD_OF_ONE.format(port=_free_port())],
+                            capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0 and "ok" in result.stdout, result.stderr[-3000:]

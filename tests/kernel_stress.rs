@@ -207,7 +207,7 @@ fn check_kernels(rng: &mut Rng, plan: &RoutingPlan<f32>, h: usize, verify: bool)
         expert_ids: &plan.expert_ids,
         dest,
         probs: &plan.probs,
-        score: plan.score,
+        score: plan.score.expect("a routed plan has a score"),
         normalize: plan.normalize,
         scale: plan.scale,
     };

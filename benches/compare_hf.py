@@ -6,7 +6,7 @@ vocabulary 1000 so that the LM head stays small), run with each experts implemen
 fails), and transformers' own `grouped_mm`, `batched_mm` and `eager`. Every backend runs on the
 same model object (`model.set_experts_implementation(name)`), so all use the same weights.
 
-    python benches/compare_hf.py                    # the default run, ~5-10 min on 2 cores
+    python benches/compare_hf.py                    # ~3 min on 2 idle cores, ~10 on busy ones
     python benches/compare_hf.py --quick            # a smoke run on a small model
     python benches/compare_hf.py --device cuda --dtype bfloat16
     python benches/compare_hf.py --backends moeroute,grouped_mm --repeat 5

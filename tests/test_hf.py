@@ -521,3 +521,9 @@ def test_gpu_model_matches_eager(store, family, variant):
     logits_float32 = bfloat16_logits(eager, "cuda")
     assert_bfloat16_close(bfloat16_logits(store.load(family, variant, torch.bfloat16, "cuda"), "cuda"),
                           bfloat16_logits(store.load(family, "eager", torch.bfloat16, "cuda"), "cuda"), logits_float32)
+
+
+def test_supported_routers_lists_every_registered_class():
+    listed = moeroute.hf.supported_routers()
+    assert len(listed) == len(_routers.ROUTERS) >= 41
+    assert listed["transformers.models.mixtral.modeling_mixtral.MixtralTopKRouter"].startswith("softmax-topk")

@@ -229,7 +229,8 @@ def pytest_terminal_summary(terminalreporter):
     gpu = sum(1 for report in skipped if "gpu" in getattr(report, "keywords", {}))
     if gpu:
         terminalreporter.write_line(
-            f"{gpu} skipped tests are the GPU suite (tests/test_cuda.py): they need a CUDA device; on a "
+            f"{gpu} skipped tests are the GPU suite (tests/test_cuda.py and the gpu-marked tests of other files): "
+            f"they need a CUDA device; on a "
             f"machine with an NVIDIA GPU run `python -m pytest -q -m gpu tests`.")
     if len(skipped) > gpu:
         terminalreporter.write_line(f"{len(skipped) - gpu} other tests skipped: `pytest -rs` lists why.")

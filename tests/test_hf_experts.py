@@ -139,18 +139,23 @@ def test_no_tokens_and_all_sentinels():
     assert hidden.grad is None or hidden.grad.abs().max() == 0  # (no pick reads a row: no path, or zeros)
 
 
-def test_bfloat16_within_half_precision_error():
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16], ids=str)
+def test_half_precision_within_its_error(dtype):
     torch.manual_seed(0)
     module = experts_class(True, True, True, False, False, True)(PretrainedConfig())
     hidden = torch.randn(16, H, dtype=torch.float64)
     index, weights = picks(16, 2, seed=3)
     expected, _ = run(module, "eager", hidden, index, weights)
-    module.to(torch.bfloat16)
+    module.to(dtype)
     module.config._experts_implementation = "moeroute"
-    out = module(hidden.bfloat16(), index, weights.bfloat16())
-    assert out.dtype == torch.bfloat16
-    # Inputs, weights and each matmul's output rounded to bfloat16 (8 bits): a few units of 2**-8.
-    torch.testing.assert_close(out.double(), expected, rtol=0.05, atol=0.05 * float(expected.abs().max()))
+    hidden = hidden.to(dtype).requires_grad_()
+    out = module(hidden, index, weights.to(dtype))
+    assert out.dtype == dtype
+    # Inputs, weights and each matmul's output rounded to 8 (bfloat16) or 11 (float16) bits.
+    tol = 0.05 if dtype == torch.bfloat16 else 0.01
+    torch.testing.assert_close(out.double(), expected, rtol=tol, atol=tol * float(expected.abs().max()))
+    out.float().square().sum().backward()
+    assert hidden.grad.dtype == dtype and torch.isfinite(hidden.grad).all()
 
 
 def test_whole_model_compiles_fullgraph_and_matches_eager():

@@ -147,7 +147,7 @@ def test_empty_and_single_expert():
     (lambda: moeroute.plan_from_topk(np.zeros((2, 2), int), np.zeros((2, 2), np.float32), 0), moeroute.ArgumentError,
      "num_experts: got 0"),
     (lambda: moeroute.plan_from_topk(np.zeros((2, 2), int), np.zeros((2, 2), np.float32), 4, capacity=1,
-                                     capacity_factor=1.0), moeroute.ArgumentError, "at most one of them"),
+                                     capacity_factor=1.0), moeroute.ArgumentError, "at most one of capacity and capacity_factor"),
     (lambda: moeroute.plan_from_topk(np.zeros((2, 2), int), np.zeros((2, 2), np.float32), 4, priority="best"),
      moeroute.ArgumentError, "priority"),
     (lambda: moeroute.plan_from_topk(np.zeros((2, 2), int), np.zeros((2, 2), np.float32), 4, pad_to=0),

@@ -46,15 +46,13 @@ class PicksOptions(NamedTuple):
 
 def picks_options(capacity: Any = None, capacity_factor: Any = None, min_capacity: Any = 0,
                   capacity_multiple: Any = 1, priority: Any = "slot", pad_to: Any = 1) -> PicksOptions:
-    """Checked PicksOptions (ArgumentError / DTypeError naming the bad argument)."""
-    options = PicksOptions(
+    """PicksOptions with each value checked (ArgumentError / DTypeError naming the bad argument);
+    the core checks them together (at most one of capacity and capacity_factor) where it resolves
+    the capacity. RouteOptions checks its own capacity options with this too."""
+    return PicksOptions(
         optional_integer(capacity, "capacity", 0), _capacity_factor(capacity_factor),
         integer(min_capacity, "min_capacity", 0), integer(capacity_multiple, "capacity_multiple", 1),
         choice(priority, "priority", PRIORITIES), integer(pad_to, "pad_to", 1))
-    if options.capacity is not None and options.capacity_factor is not None:
-        raise ArgumentError(f"capacity: got capacity={options.capacity} and capacity_factor="
-                            f"{options.capacity_factor}, expected at most one of them")
-    return options
 
 
 # ------------------------------------------------------------------------------- RouteOptions
@@ -115,9 +113,7 @@ class RouteOptions:
             integer(k, "k"), choice(score, "score", SCORES), choice(normalize, "normalize", NORMALIZATIONS),
             _finite(real(scale, "scale"), "scale"), _bias(bias),
             optional_integer(num_groups, "num_groups", 1), optional_integer(topk_groups, "topk_groups", 1),
-            optional_integer(capacity, "capacity", 0), _capacity_factor(capacity_factor),
-            integer(min_capacity, "min_capacity", 0), integer(capacity_multiple, "capacity_multiple", 1),
-            choice(priority, "priority", PRIORITIES), integer(pad_to, "pad_to", 1),
+            *picks_options(capacity, capacity_factor, min_capacity, capacity_multiple, priority, pad_to),
         )
         if (values[5] is None) != (values[6] is None):
             raise ArgumentError(f"num_groups: got num_groups={values[5]}, topk_groups={values[6]}, expected both "

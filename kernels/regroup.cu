@@ -25,8 +25,9 @@ extern "C" __global__ void regroup_starts(const i64* __restrict__ counts, int A,
 }
 
 // One CUDA block per output row r: the last block j (b-major) starting at or before r holds it;
-// its input row is in_starts[a * B + b] + (r - out_starts[j]). Rows outside [0, rows) (counts
-// that do not sum to the rows, unchecked on the device) give zero rows.
+// its input row is in_starts[a * B + b] + (r - out_starts[j]). Output rows past the blocks' total,
+// and source rows outside [0, rows) (counts that do not sum to the rows, unchecked on the device),
+// give zero rows.
 template <typename W>
 __device__ void regroup_rows(const W* __restrict__ x, W* __restrict__ out, const i64* __restrict__ in_starts,
                              const i64* __restrict__ out_starts, int A, int B, long long rows, long long width) {
@@ -38,7 +39,7 @@ __device__ void regroup_rows(const W* __restrict__ x, W* __restrict__ out, const
     }
     const int j = lo - 1;
     long long source = -1;
-    if (j >= 0 && j < A * B) {
+    if (j >= 0 && j < A * B && r < out_starts[A * B]) {  // (rows past the blocks' total: zero rows)
         const int b = j / A, a = j % A;
         source = in_starts[a * B + b] + (r - out_starts[j]);
     }

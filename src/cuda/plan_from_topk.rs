@@ -53,7 +53,8 @@ pub fn plan_from_topk(device: &Device, call: &PicksCall, options: &PicksOptions)
     if t > 0 && k > 0 {
         let kernel = kernel_name(&IMPORT_KERNELS, call.dtype.suffix())?;
         let args = Args::new().ptr(call.expert_ids).ptr(call.weights).i32(t as i32).i32(k as i32).i32(e as i32);
-        go.run(kernel, t.div_ceil(128) as u64, 128, 0, args.ptr(out.expert_ids).ptr(out.weights).ptr(out.probs))?;
+        let args = args.ptr(out.expert_ids).ptr(out.weights).ptr(out.probs).ptr(out.dest);
+        go.run(kernel, t.div_ceil(128) as u64, 128, 0, args)?;
     }
     let acc = if call.dtype == DType::F64 { DType::F64 } else { DType::F32 };
     let p = PlanRows { out, workspace: call.workspace, ws: &ws, num_tokens: t, num_experts: e, top_k: k, dtype: acc };

@@ -11,7 +11,7 @@ import torch
 
 from ... import _core
 from ..._checks import _CUDA_CHECKS
-from ...errors import ArgumentError, DTypeError, ShapeError
+from ...errors import ArgumentError, DeviceError, DTypeError, ShapeError
 from .._convert import activation_name, from_storage, index_array, to_storage
 from .._cuda import _stream
 
@@ -29,7 +29,7 @@ def _check(rows: Tensor, counts: Tensor) -> None:
     if counts.dim() != 2:
         raise ShapeError(f"counts: got shape {list(counts.shape)}, expected (A, B)")
     if counts.device != rows.device:
-        raise DTypeError(f"counts: got a tensor on {counts.device}, expected rows' device ({rows.device})")
+        raise DeviceError(f"counts: got a tensor on {counts.device}, expected rows' device ({rows.device})")
 
 
 def regroup_impl(rows: Tensor, counts: Tensor) -> Tensor:

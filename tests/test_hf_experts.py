@@ -179,3 +179,18 @@ def test_whole_model_compiles_fullgraph_and_matches_eager():
     torch.testing.assert_close(out.logits, expected.logits, rtol=1e-5, atol=1e-5)
     for name, p in model.named_parameters():
         torch.testing.assert_close(p.grad, expected_grads[name], rtol=1e-4, atol=1e-6, msg=name)
+
+
+@pytest.mark.parametrize("flags", FLAGS, ids=lambda f: "-".join(k for k, v in f.items() if v) or "plain")
+def test_few_rows_without_autograd(flags):
+    """Decoding (no autograd, fewer rows than experts) runs only the experts that have rows."""
+    torch.manual_seed(0)
+    module = experts_class(**flags)(PretrainedConfig())
+    hidden = torch.randn(1, H, dtype=torch.float64)
+    index, weights = picks(1, 3, seed=2)
+    index[0, 1] = E  # and a sentinel
+    with torch.no_grad():
+        module.config._experts_implementation = "eager"
+        expected = module(hidden, index, weights)
+        module.config._experts_implementation = "moeroute"
+        torch.testing.assert_close(module(hidden, index, weights), expected, rtol=1e-10, atol=1e-10)

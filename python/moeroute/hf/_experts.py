@@ -10,7 +10,7 @@ from typing import Any, Optional
 import torch
 from transformers.integrations.moe import ExpertsInterface, _default_apply_gate
 
-from ..torch.experts import grouped_matmul
+from ..torch.experts import grouped_matmul, segment_loop
 from ..torch.ops import combine, permute, plan_from_topk
 
 Tensor = torch.Tensor
@@ -52,10 +52,23 @@ def _grouped_linear(rows: Tensor, weight: Tensor, offsets: Tensor, bias: Optiona
     is_transposed, else (E, out, in); bias (E, out). Rows past the last segment come out as zeros
     (plus nothing: they are never combined)."""
     w = weight if is_transposed else weight.transpose(-2, -1)
-    out = grouped_matmul(rows.to(weight.dtype), w, offsets)
+    rows = rows.to(weight.dtype)
+    if _few_rows_without_autograd(rows, weight):
+        # (e.g. decoding: most experts have no row; torch's CPU grouped matmul visits every expert)
+        out = segment_loop(rows, offsets, lambda e, segment: segment @ w[e], w.shape[-1])
+    else:
+        out = grouped_matmul(rows, w, offsets)
     if bias is not None:
         out = out + bias[_row_experts(offsets, out.shape[0])]
     return out
+
+
+def _few_rows_without_autograd(rows: Tensor, weight: Tensor) -> bool:
+    """Whether to run only the experts that have rows, one matmul each: on the CPU (where reading
+    the segment offsets costs nothing), in eager mode, without autograd (the loop's backward would
+    build a full-size weight gradient per expert), and with fewer rows than experts."""
+    return (rows.device.type == "cpu" and rows.shape[0] < weight.shape[0] and not torch.compiler.is_compiling()
+            and not (torch.is_grad_enabled() and (rows.requires_grad or weight.requires_grad)))
 
 
 def _row_experts(offsets: Tensor, num_rows: int) -> Tensor:

@@ -16,21 +16,10 @@ __version__: str
 # cuda_expert_choice take their output pointers.
 PLAN_FIELDS: Tuple[str, str, str, str, str, str, str, str]
 
-class RouteOptionsLike(Protocol):
-    """route's options, read by attribute (a bias is passed separately, never read from here)."""
+class PicksOptionsLike(Protocol):
+    """plan_from_topk's layout options (also route's), read by attribute name
+    (moeroute.options.PicksOptions)."""
 
-    @property
-    def k(self) -> int: ...
-    @property
-    def score(self) -> str: ...  # "softmax" | "sigmoid"
-    @property
-    def normalize(self) -> str: ...  # "none" | "topk" | "kept"
-    @property
-    def scale(self) -> float: ...
-    @property
-    def num_groups(self) -> Optional[int]: ...
-    @property
-    def topk_groups(self) -> Optional[int]: ...
     @property
     def capacity(self) -> Optional[int]: ...
     @property
@@ -44,21 +33,22 @@ class RouteOptionsLike(Protocol):
     @property
     def pad_to(self) -> int: ...
 
-class PicksOptionsLike(Protocol):
-    """plan_from_topk's layout options as the core reads them: by attribute name
-    (moeroute.options.PicksOptions)."""
+class RouteOptionsLike(PicksOptionsLike, Protocol):
+    """route's options, read by attribute: the layout options and these (a bias is passed
+    separately, never read from here)."""
+
     @property
-    def capacity(self) -> Optional[int]: ...
+    def k(self) -> int: ...
     @property
-    def capacity_factor(self) -> Optional[float]: ...
+    def score(self) -> str: ...  # "softmax" | "sigmoid"
     @property
-    def min_capacity(self) -> int: ...
+    def normalize(self) -> str: ...  # "none" | "topk" | "kept"
     @property
-    def capacity_multiple(self) -> int: ...
+    def scale(self) -> float: ...
     @property
-    def priority(self) -> str: ...
+    def num_groups(self) -> Optional[int]: ...
     @property
-    def pad_to(self) -> int: ...
+    def topk_groups(self) -> Optional[int]: ...
 
 # Threads and the output buffer cache.
 def set_num_threads(num_threads: int) -> None: ...

@@ -3,7 +3,7 @@
 
 use rayon::prelude::*;
 
-use crate::cpu::token_plan::build_token_plan;
+use crate::cpu::token_plan::{build_token_plan, zero_dropped};
 use crate::dtype::{Accum, Activation};
 use crate::error::Result;
 use crate::routing::capacity::picks_layout;
@@ -48,11 +48,7 @@ pub fn plan_from_picks<W: Activation>(
             },
         );
     }
-    given.par_iter_mut().with_min_len(min_len()).zip(&plan.dest).for_each(|(w, &d)| {
-        if d < 0 {
-            *w = zero;
-        }
-    });
+    zero_dropped(&mut given, &plan.dest);
     Ok(RoutingPlan {
         num_tokens,
         num_experts,

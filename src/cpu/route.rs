@@ -6,7 +6,7 @@ use crate::threads::min_len;
 
 use crate::cpu::gating::{gate, GateSpec};
 use crate::cpu::scores::ScoreMath;
-use crate::cpu::token_plan::build_token_plan;
+use crate::cpu::token_plan::{build_token_plan, zero_dropped};
 use crate::dtype::{Accum, Activation};
 use crate::error::Result;
 use crate::routing::{route_layout, Normalize, RouteOptions, RoutingPlan};
@@ -40,9 +40,7 @@ where
         weights.copy_from_slice(&gated.picked_scores);
     }
     let scale = <L::Acc as Accum>::from_f64(options.scale);
-    weights.par_iter_mut().with_min_len(min_len()).zip(&plan.dest).for_each(|(w, &d)| {
-        *w = if d >= 0 { *w } else { <L::Acc as Accum>::ZERO };
-    });
+    zero_dropped(&mut weights, &plan.dest);
     if options.normalize == Normalize::Kept {
         normalize_rows(&mut weights, k);
     }

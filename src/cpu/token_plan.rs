@@ -61,6 +61,15 @@ pub fn build_token_plan<F: Accum>(
     Ok(PlanIndices { dest, src, expert_offsets, tokens_per_expert, assigned_per_expert: assigned })
 }
 
+/// Sets the weight of every pick without a row (dropped, or an unused slot: dest < 0) to 0.
+pub fn zero_dropped<F: Accum>(weights: &mut [F], dest: &[i32]) {
+    weights.par_iter_mut().with_min_len(min_len()).zip(dest).for_each(|(w, &d)| {
+        if d < 0 {
+            *w = F::ZERO;
+        }
+    });
+}
+
 /// Picks per expert among those with `include(pick index)`, for each task's chunk of tokens.
 fn counts_per_task(
     expert_ids: &[i32],

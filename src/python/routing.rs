@@ -40,10 +40,26 @@ fn logits_shape(shape: &[usize]) -> PyResult<(usize, usize)> {
 }
 
 /// route's options as the Python front passes them: an object whose attributes are read by
-/// name (`moeroute.options.RouteOptions`, or anything with these attributes). Its `bias` is not
-/// read: a bias comes as an argument of its own (an array on the CPU, a pointer on CUDA).
-#[derive(FromPyObject)]
+/// name (`moeroute.options.RouteOptions`, or anything with these attributes): the gating ones
+/// here, the layout ones (capacity, priority, pad_to) as plan_from_topk's `PicksOptionsArg` reads
+/// them. Its `bias` is not read: a bias comes as an argument of its own (an array on the CPU, a
+/// pointer on CUDA).
 pub(super) struct RouteOptionsArg {
+    gating: GatingArg,
+    layout: PicksOptionsArg,
+}
+
+impl<'a, 'py> FromPyObject<'a, 'py> for RouteOptionsArg {
+    type Error = PyErr;
+
+    fn extract(obj: Borrowed<'a, 'py, PyAny>) -> PyResult<Self> {
+        Ok(Self { gating: obj.extract()?, layout: obj.extract()? })
+    }
+}
+
+/// The gating options of route (see RouteOptionsArg).
+#[derive(FromPyObject)]
+struct GatingArg {
     #[pyo3(attribute)]
     k: usize,
     #[pyo3(attribute)]
@@ -56,24 +72,13 @@ pub(super) struct RouteOptionsArg {
     num_groups: Option<usize>,
     #[pyo3(attribute)]
     topk_groups: Option<usize>,
-    #[pyo3(attribute)]
-    capacity: Option<usize>,
-    #[pyo3(attribute)]
-    capacity_factor: Option<f64>,
-    #[pyo3(attribute)]
-    min_capacity: usize,
-    #[pyo3(attribute)]
-    capacity_multiple: usize,
-    #[pyo3(attribute)]
-    priority: String,
-    #[pyo3(attribute)]
-    pad_to: usize,
 }
 
 impl RouteOptionsArg {
     /// The core's options, with `bias` as the selection bias.
     pub(super) fn into_options(self, bias: Option<Vec<f64>>) -> crate::Result<RouteOptions> {
-        let groups = match (self.num_groups, self.topk_groups) {
+        let g = self.gating;
+        let groups = match (g.num_groups, g.topk_groups) {
             (None, None) => None,
             (Some(num_groups), Some(topk_groups)) => Some(GroupLimit { num_groups, topk_groups }),
             (num_groups, topk_groups) => {
@@ -84,27 +89,24 @@ impl RouteOptionsArg {
                 })
             }
         };
+        let (score, normalize) = (ScoreFunction::parse(&g.score)?, Normalize::parse(&g.normalize)?);
+        let layout = self.layout.into_options()?;
         Ok(RouteOptions {
-            top_k: self.k,
-            score: ScoreFunction::parse(&self.score)?,
-            normalize: Normalize::parse(&self.normalize)?,
-            scale: self.scale,
+            top_k: g.k,
+            score,
+            normalize,
+            scale: g.scale,
             bias,
             groups,
-            capacity: CapacityRequest {
-                capacity: self.capacity,
-                capacity_factor: self.capacity_factor,
-                min_capacity: self.min_capacity,
-                capacity_multiple: self.capacity_multiple,
-            },
-            priority: Priority::parse(&self.priority)?,
-            pad_to: self.pad_to,
+            capacity: layout.capacity,
+            priority: layout.priority,
+            pad_to: layout.pad_to,
         })
     }
 }
 
-/// plan_from_topk's layout options as the Python front passes them (`moeroute.options.PicksOptions`),
-/// read by attribute name.
+/// plan_from_topk's layout options (route's capacity, priority and pad_to) as the Python front
+/// passes them (`moeroute.options.PicksOptions`, or a RouteOptions), read by attribute name.
 #[derive(FromPyObject)]
 pub(super) struct PicksOptionsArg {
     #[pyo3(attribute)]

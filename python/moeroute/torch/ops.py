@@ -80,8 +80,11 @@ def plan_from_topk(expert_ids: Tensor, weights: Tensor, num_experts: int, *, cap
     expect_picks_shape(weights.shape, expert_ids.shape)
     outputs: Tuple[Tensor, ...] = ops.call(ops.plan_from_topk, ops.plan_from_topk_impl, expert_ids, weights,
                                            num_experts, *options)
-    t, k = weights.shape
-    return RoutingPlan._of(outputs, ops.picks_capacity(int(t), int(k), num_experts, *options), "given", "none", 1.0)
+    capacity = None
+    if options.capacity is not None or options.capacity_factor is not None:  # (else dropless: no capacity)
+        t, k = weights.shape
+        capacity = ops.picks_capacity(int(t), int(k), num_experts, *options)
+    return RoutingPlan._of(outputs, capacity, "given", "none", 1.0)
 
 
 def permute(x: Tensor, plan: TensorPlan) -> Tensor:

@@ -109,35 +109,28 @@ def to_sources(rows: Tensor, handle: DispatchHandle) -> Tensor:
     return out
 
 
-class _ToExperts(torch.autograd.Function):
-    @staticmethod
-    def forward(ctx: Any, xp: Tensor, handle: DispatchHandle) -> Tensor:
-        ctx.handle = handle
-        return to_experts(xp, handle)
-
-    @staticmethod
-    @torch.autograd.function.once_differentiable
-    def backward(ctx: Any, grad: Tensor) -> Tuple[Tensor, None]:
-        return to_sources(grad, ctx.handle), None
+_Move = Callable[[Tensor, DispatchHandle], Tensor]
 
 
-class _ToSources(torch.autograd.Function):
+class _Exchange(torch.autograd.Function):
+    """One direction of the exchange (`there`), whose backward is the other (`back`)."""
+
     @staticmethod
-    def forward(ctx: Any, rows: Tensor, handle: DispatchHandle) -> Tensor:
-        ctx.handle = handle
-        return to_sources(rows, handle)
+    def forward(ctx: Any, rows: Tensor, handle: DispatchHandle, there: _Move, back: _Move) -> Tensor:
+        ctx.handle, ctx.back = handle, back
+        return there(rows, handle)
 
     @staticmethod
     @torch.autograd.function.once_differentiable
-    def backward(ctx: Any, grad: Tensor) -> Tuple[Tensor, None]:
-        return to_experts(grad.contiguous(), ctx.handle), None
+    def backward(ctx: Any, grad: Tensor) -> Tuple[Tensor, None, None, None]:
+        return ctx.back(grad.contiguous(), ctx.handle), None, None, None
 
 
-def _exchange(fn: Any, rows: Tensor, handle: DispatchHandle) -> Tensor:
+def _exchange(rows: Tensor, handle: DispatchHandle, there: _Move, back: _Move) -> Tensor:
     if rows.requires_grad and torch.is_grad_enabled():
-        out: Tensor = fn.apply(rows, handle)
+        out: Tensor = _Exchange.apply(rows, handle, there, back)
         return out
-    return to_experts(rows, handle) if fn is _ToExperts else to_sources(rows, handle)
+    return there(rows, handle)
 
 
 def _check_tokens(x: Tensor, plan: RoutingPlan[Tensor]) -> None:
@@ -180,7 +173,7 @@ def dispatch(x: Tensor, plan: RoutingPlan[Tensor], group: Any = None, *,
     _check_tokens(x, plan)
     handle = exchange_layout(plan, group, static_capacity)
     xp = _custom_ops.call(_custom_ops.permute, _custom_ops.permute_impl, x, plan.src, plan.dest)
-    return _exchange(_ToExperts, xp, handle), handle
+    return _exchange(xp, handle, to_experts, to_sources), handle
 
 
 @eager
@@ -201,7 +194,7 @@ def combine(expert_rows: Tensor, handle: DispatchHandle, weights: Optional[Tenso
         got = list(expert_rows.shape) if isinstance(expert_rows, Tensor) else type(expert_rows).__name__
         raise ShapeError(f"expert_rows: got {got}, expected ({handle.rows_received}, H) (dispatch's rows)")
     plan = handle.plan
-    yp = _exchange(_ToSources, expert_rows, handle)
+    yp = _exchange(expert_rows, handle, to_sources, to_experts)
     w = plan.weights if weights is None else weights
     y: Tensor = _custom_ops.call(_custom_ops.combine, _custom_ops.combine_impl, yp, plan.dest, plan.src, w)
     return y
